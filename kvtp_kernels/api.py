@@ -1,0 +1,325 @@
+"""The public front door: ``keep_counts`` and ``prune``.
+
+Everything here runs on the host before any kernel: argument checks (each error
+names the argument, what was expected and what was given; nothing is written when
+one is raised), budget resolution and backend choice. The work itself is one torch
+op per call (see :mod:`kvtp_kernels.ops`), two in paper mode.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import NamedTuple
+
+import torch
+
+from . import ops
+
+BACKENDS = ("reference", "cpu", "triton")
+ALLOCATIONS = ("exact", "paper")
+_INT32_MAX = 2**31 - 1
+
+
+class PrunedTokens(NamedTuple):
+    """What :func:`prune` returns (METHOD.md section 4).
+
+    Attributes:
+        tokens: [sum_b K_b, D], dtype of the input: kept rows in (video, frame,
+            raster) order, bit-identical copies of the input rows.
+        indices: int64 [sum_b K_b]: flat index of each kept row into the input's
+            B*T*N rows (``t*N + n`` for a single video).
+        frame_counts: int32 [B, T] ([T] for a single video): tokens kept per frame.
+        cu_seqlens: int32 [B + 1]: video offsets into ``tokens`` (flash-attn varlen).
+        frame_cu_seqlens: int32 [B*T + 1]: frame offsets into ``tokens``.
+        max_seqlen: int: the largest K_b (no sync needed in exact mode: it is K).
+    """
+
+    tokens: torch.Tensor
+    indices: torch.Tensor
+    frame_counts: torch.Tensor
+    cu_seqlens: torch.Tensor
+    frame_cu_seqlens: torch.Tensor
+    max_seqlen: int
+
+
+# ----------------------------------------------------------------------------------
+# Argument checks
+# ----------------------------------------------------------------------------------
+def _fail(arg: str, expected: str, got: object) -> None:
+    raise ValueError(f"kvtp_kernels: `{arg}` must be {expected}; got {got}")
+
+
+def _describe(t: torch.Tensor) -> str:
+    return f"a {t.dtype} tensor of shape {tuple(t.shape)} on {t.device}"
+
+
+def _check_tensor(arg: str, t: object, *, shape: tuple, device: torch.device | None, floating: bool = True) -> None:
+    """``shape`` entries: int = exact size, None = any size."""
+    if not isinstance(t, torch.Tensor):
+        _fail(arg, "a torch.Tensor", type(t).__name__)
+    want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+    if t.dim() != len(shape) or any(s is not None and s != g for s, g in zip(shape, t.shape)):
+        _fail(arg, f"of shape {want}", _describe(t))
+    if floating and not t.is_floating_point():
+        _fail(arg, "a floating-point tensor", _describe(t))
+    if device is not None and t.device != device:
+        _fail(arg, f"on {device} (the device of `tokens`)", _describe(t))
+
+
+def _check_number(arg: str, value: object, *, lo: float, integer: bool = False, lo_open: bool = False) -> None:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        _fail(arg, "an int" if integer else "a number", repr(value))
+    bad = value <= lo if lo_open else value < lo
+    if bad or not math.isfinite(value):
+        _fail(arg, f"{'>' if lo_open else '>='} {lo} and finite", repr(value))
+
+
+def resolve_budget(budget: object, num_frames: int, num_tokens: int, min_tokens: int) -> tuple[int, float]:
+    """Budget -> (K tokens per video, ratio beta).
+
+    A float in (0, 1] is a ratio: ``K = floor(beta*T*N + 1/2)``. An int is K itself
+    (``ratio = K / (T*N)`` for paper mode). K must lie in [m*T, N*T].
+    """
+    T, N, m = num_frames, num_tokens, min_tokens
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+        _fail("budget", "a float ratio in (0, 1] or an int token count", repr(budget))
+    if isinstance(budget, float):
+        if not (0.0 < budget <= 1.0):
+            _fail("budget", "in (0, 1] as a ratio (a float); pass an int for a token count", repr(budget))
+        K = math.floor(budget * T * N + 0.5)
+        ratio = float(budget)
+    else:
+        if budget <= 0:
+            _fail("budget", "> 0 as a token count (an int)", repr(budget))
+        if budget > N * T:
+            _fail("budget", f"<= T*N = {T}*{N} = {T * N} as a token count", repr(budget))
+        K = int(budget)
+        ratio = K / (T * N)
+    if K < m * T:
+        _fail("budget", f"at least min_tokens_per_frame*T = {m}*{T} = {m * T} tokens per video", f"{budget!r} (K = {K})")
+    return K, ratio
+
+
+def _check_common(temperature, allocation, min_tokens_per_frame, num_tokens) -> None:
+    _check_number("temperature", temperature, lo=0.0, lo_open=True)
+    if allocation not in ALLOCATIONS:
+        _fail("allocation", f"one of {ALLOCATIONS}", repr(allocation))
+    _check_number("min_tokens_per_frame", min_tokens_per_frame, lo=0, integer=True)
+    if min_tokens_per_frame > num_tokens:
+        _fail("min_tokens_per_frame", f"<= N = {num_tokens} (tokens per frame)", repr(min_tokens_per_frame))
+
+
+def _as_logit_param(arg: str, value: object, device: torch.device) -> torch.Tensor | None:
+    """A float or one-element tensor -> float64 tensor of shape [1] on ``device`` (no sync)."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or not value.is_floating_point():
+            _fail(arg, "a float or a floating-point tensor with one element", _describe(value))
+        if value.device != device:
+            _fail(arg, f"on {device} (the device of `tokens`)", _describe(value))
+        return value.detach().reshape(1).to(torch.float64)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        _fail(arg, "a finite float or a one-element tensor", repr(value))
+    return torch.full((1,), float(value), dtype=torch.float64, device=device)
+
+
+def _check_frame_inputs(scores, frame_embeds, query_embeds, logit_scale, logit_bias, B, T, device):
+    """Checks the frame-relevance inputs; returns logit_scale/bias as tensors."""
+    if scores is not None:
+        for arg, value in (("frame_embeds", frame_embeds), ("query_embeds", query_embeds),
+                           ("logit_scale", logit_scale), ("logit_bias", logit_bias)):
+            if value is not None:
+                _fail(arg, "None when `scores` is given (pass scores=None to score frames from embeddings)",
+                      "a value")
+        _check_tensor("scores", scores, shape=(B, T), device=device)
+        return None, None
+    if frame_embeds is None or query_embeds is None:
+        _fail("scores", "a [B, T] tensor, or None together with both `frame_embeds` and `query_embeds`",
+              f"None with frame_embeds={'set' if frame_embeds is not None else None}, "
+              f"query_embeds={'set' if query_embeds is not None else None}")
+    _check_tensor("frame_embeds", frame_embeds, shape=(B, T, None), device=device)
+    E = frame_embeds.shape[-1]
+    _check_tensor("query_embeds", query_embeds, shape=(B, None, E), device=device)
+    if query_embeds.shape[1] == 0 or E == 0:
+        _fail("query_embeds", "non-empty (at least one chunk, E > 0)", _describe(query_embeds))
+    return _as_logit_param("logit_scale", logit_scale, device), _as_logit_param("logit_bias", logit_bias, device)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def select_backend(backend: str | None, device: torch.device) -> str:
+    """``None`` -> "triton" for CUDA tensors, "cpu" (C++) for CPU tensors."""
+    if backend is None:
+        backend = "triton" if device.type == "cuda" else "cpu"
+        if backend == "cpu" and device.type != "cpu":
+            backend = "reference"
+    if backend not in BACKENDS:
+        _fail("backend", f"None or one of {BACKENDS}", repr(backend))
+    if backend == "cpu":
+        if device.type != "cpu":
+            _fail("backend", f"'triton' or 'reference' for tensors on {device} ('cpu' runs the C++ CPU kernel)",
+                  repr(backend))
+        if not ops.HAS_CPP:
+            raise RuntimeError(f"kvtp_kernels: the C++ extension is not built ({ops.CPP_IMPORT_ERROR}); "
+                               "reinstall with `pip install --no-build-isolation -e .` or use backend='reference'")
+    if backend == "triton":
+        if not ops.HAS_TRITON:
+            raise RuntimeError(f"kvtp_kernels: backend='triton' needs triton ({ops.TRITON_IMPORT_ERROR})")
+        if device.type != "cuda" and not _interpreting():
+            _fail("backend", "'cpu' or 'reference' for CPU tensors (or set TRITON_INTERPRET=1 before "
+                  "importing kvtp_kernels to run the Triton kernels in the interpreter)", repr(backend))
+    return backend
+
+
+_KEEP_COUNTS_OPS = {"reference": "keep_counts_ref", "cpu": "keep_counts", "triton": "keep_counts_triton"}
+_PRUNE_OPS = {"reference": "prune_tokens_ref", "cpu": "prune_tokens", "triton": "prune_tokens_triton"}
+
+
+def _op(table: dict[str, str], backend: str):
+    return getattr(torch.ops.kvtp, table[backend])
+
+
+# ----------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------
+def keep_counts(
+    scores: torch.Tensor,
+    budget: int | float,
+    num_tokens: int,
+    *,
+    temperature: float = 2.0,
+    allocation: str = "exact",
+    min_tokens_per_frame: int = 0,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Per-frame keep counts from frame relevance logits (METHOD.md section 2).
+
+    Args:
+        scores: [B, T] or [T] frame logits, any float dtype, any device. NaN counts
+            as -inf; when the largest score is infinite the frames holding it share
+            the probability equally (all -inf/NaN: uniform).
+        budget: float in (0, 1] = ratio beta (K = floor(beta*T*N + 1/2) tokens per
+            video), or int = K.
+        num_tokens: N, tokens per frame.
+        temperature: tau in ``p = softmax(s / tau)``, > 0.
+        allocation: "exact" (sum = K, m <= k <= N, largest remainder) or "paper"
+            (``max(m, floor(N * min(beta*T*p, 1)))``, sum <= K).
+        min_tokens_per_frame: m.
+        backend: None (by device), "reference", "cpu" or "triton".
+
+    Returns:
+        int32 [B, T] (or [T]) on the device of ``scores``.
+    """
+    if not isinstance(scores, torch.Tensor):
+        _fail("scores", "a torch.Tensor of shape [B, T] or [T]", type(scores).__name__)
+    if scores.dim() not in (1, 2):
+        _fail("scores", "of shape [B, T] or [T]", _describe(scores))
+    batched = scores.dim() == 2
+    s = scores if batched else scores.unsqueeze(0)
+    B, T = s.shape
+    if B == 0 or T == 0:
+        _fail("scores", "non-empty (B > 0, T > 0)", _describe(scores))
+    _check_tensor("scores", s, shape=(B, T), device=None)
+    _check_number("num_tokens", num_tokens, lo=1, integer=True)
+    _check_common(temperature, allocation, min_tokens_per_frame, num_tokens)
+    K, ratio = resolve_budget(budget, T, num_tokens, min_tokens_per_frame)
+    backend = select_backend(backend, s.device)
+    counts = _op(_KEEP_COUNTS_OPS, backend)(
+        s, None, None, None, None, num_tokens, K, ratio, float(temperature), min_tokens_per_frame,
+        allocation == "paper")
+    return counts if batched else counts.squeeze(0)
+
+
+def prune(
+    tokens: torch.Tensor,
+    scores: torch.Tensor | None,
+    budget: int | float,
+    *,
+    token_scores: torch.Tensor | None = None,
+    temperature: float = 2.0,
+    allocation: str = "exact",
+    min_tokens_per_frame: int = 0,
+    frame_embeds: torch.Tensor | None = None,
+    query_embeds: torch.Tensor | None = None,
+    logit_scale: torch.Tensor | float | None = None,
+    logit_bias: torch.Tensor | float | None = None,
+    backend: str | None = None,
+) -> PrunedTokens:
+    """KVTP: keep a relevance-dependent number of tokens per frame and pack them.
+
+    Args:
+        tokens: [B, T, N, D] or [T, N, D] vision tokens; float32, float16, bfloat16
+            (or float64); any strides.
+        scores: [B, T] / [T] frame relevance logits (any float dtype), or ``None``
+            when ``frame_embeds`` and ``query_embeds`` are given.
+        budget: float in (0, 1] = ratio kept per video (K = floor(beta*T*N + 1/2)),
+            or int = K tokens kept per video.
+        token_scores: [B, T, N] / [T, N] importance of each token in its frame
+            (higher is kept first; ties to the lower index; NaN lowest). Default:
+            distinctiveness ``1 - cos(x, mean of the frame)`` (METHOD.md section 3).
+        temperature: tau of the frame softmax (> 0).
+        allocation: "exact" (default; sum of counts = K, static output size, no host
+            sync) or "paper" (the authors' rule; one device-to-host sync to size
+            the output).
+        min_tokens_per_frame: m, every frame keeps at least m tokens (exact mode:
+            m <= k_t <= N; paper mode: ``max(m, k_t)``).
+        frame_embeds: [B, T, E] frame embeddings, with ``query_embeds`` [B, C, E]
+            (C query chunks): frame logits are then computed in the same kernel as
+            ``max_c exp(logit_scale) * cos(q_c, f_t) + logit_bias``.
+        logit_scale, logit_bias: floats or one-element tensors (SigLIP's
+            ``logit_scale`` is a log scale); default 0.
+        backend: None picks by device (CUDA -> "triton", CPU -> "cpu", the C++
+            kernel); "reference", "cpu" or "triton" force one.
+
+    Returns:
+        :class:`PrunedTokens`. For [T, N, D] input, ``frame_counts`` is [T].
+    """
+    if not isinstance(tokens, torch.Tensor):
+        _fail("tokens", "a torch.Tensor of shape [B, T, N, D] or [T, N, D]", type(tokens).__name__)
+    if tokens.dim() not in (3, 4):
+        _fail("tokens", "of shape [B, T, N, D] or [T, N, D]", _describe(tokens))
+    if not tokens.is_floating_point():
+        _fail("tokens", "a floating-point tensor (float32, float16 or bfloat16)", _describe(tokens))
+    batched = tokens.dim() == 4
+    x = tokens if batched else tokens.unsqueeze(0)
+    B, T, N, D = x.shape
+    if min(B, T, N, D) == 0:
+        _fail("tokens", "non-empty (B, T, N, D > 0)", _describe(tokens))
+    device = x.device
+
+    def batch(arg, t):
+        if t is None or batched:
+            return t
+        if not isinstance(t, torch.Tensor):
+            _fail(arg, "a torch.Tensor", type(t).__name__)
+        return t.unsqueeze(0)
+
+    s, fe, qe = batch("scores", scores), batch("frame_embeds", frame_embeds), batch("query_embeds", query_embeds)
+    ls, lb = _check_frame_inputs(s, fe, qe, logit_scale, logit_bias, B, T, device)
+    ts = batch("token_scores", token_scores)
+    if ts is not None:
+        _check_tensor("token_scores", ts, shape=(B, T, N), device=device)
+    _check_common(temperature, allocation, min_tokens_per_frame, N)
+    K, ratio = resolve_budget(budget, T, N, min_tokens_per_frame)
+    if B * K > _INT32_MAX:
+        _fail("budget", f"such that B*K fits int32 cu_seqlens (<= {_INT32_MAX})", f"B*K = {B * K}")
+    backend = select_backend(backend, device)
+    temperature = float(temperature)
+    m = min_tokens_per_frame
+
+    if allocation == "exact":
+        counts, total, max_seqlen = None, B * K, K
+    else:  # paper: counts first, then one sync for the data-dependent output size
+        counts = _op(_KEEP_COUNTS_OPS, backend)(s, fe, qe, ls, lb, N, K, ratio, temperature, m, True)
+        per_video = counts.sum(dim=1, dtype=torch.int64).tolist()  # the one host sync
+        total, max_seqlen = sum(per_video), max(per_video)
+    packed, indices, frame_counts, cu_seqlens, frame_cu_seqlens = _op(_PRUNE_OPS, backend)(
+        x, s, fe, qe, ls, lb, ts, counts, K, total, temperature, m)
+    if not batched:
+        frame_counts = frame_counts.squeeze(0)
+    return PrunedTokens(packed, indices, frame_counts, cu_seqlens, frame_cu_seqlens, max_seqlen)
