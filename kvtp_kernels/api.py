@@ -98,7 +98,8 @@ def resolve_budget(budget: object, num_frames: int, num_tokens: int, min_tokens:
         K = int(budget)
         ratio = K / (T * N)
     if K < m * T:
-        _fail("budget", f"at least min_tokens_per_frame*T = {m}*{T} = {m * T} tokens per video", f"{budget!r} (K = {K})")
+        _fail("budget", f"at least min_tokens_per_frame*T = {m}*{T} = {m * T} tokens per video",
+              f"{budget!r} (K = {K})")
     return K, ratio
 
 

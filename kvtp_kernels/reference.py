@@ -80,9 +80,10 @@ def _scalar64(value: torch.Tensor | float | None, device: torch.device) -> torch
 def frame_probs_ref(scores: torch.Tensor, temperature: float) -> torch.Tensor:
     """``p = softmax(s / tau)`` over the last dim, in float64, with defined NaN/inf.
 
-    NaN scores count as ``-inf``; probabilities below 1e-200 are flushed to 0. When the largest score is infinite (``+inf``, or
-    ``-inf`` because every score is ``-inf``/NaN) the frames holding that largest
-    score share the probability equally; otherwise
+    NaN scores count as ``-inf``; probabilities below 1e-200 are flushed to 0. When
+    the largest score is infinite (``+inf``, or ``-inf`` because every score is
+    ``-inf``/NaN) the frames holding that largest score share the probability
+    equally; otherwise
     ``p_t = exp((s_t - max) / tau) / sum_j exp((s_j - max) / tau)``.
     """
     s = scores.double()
@@ -131,7 +132,6 @@ def exact_counts_ref(probs: torch.Tensor, budget: int, num_tokens: int, min_toke
         int32 [B, T].
     """
     K, N, m = int(budget), int(num_tokens), int(min_tokens)
-    T = probs.shape[-1]
     a = K * probs.double()  # [B, T]
     pos = a > 0
 
