@@ -1,0 +1,53 @@
+"""Query-frame relevance predictor for KVTP (METHOD.md section 1).
+
+- :class:`FrameRelevancePredictor`: SigLIP image and text towers -> frame
+  embeddings, query-chunk embeddings, frame relevance logits, and within-frame
+  token importance from the same vision pass.
+- :class:`ContextFusionHead`: the Local and Global Context Fusion Head.
+- :mod:`.train`: the clip log-sigmoid loss, label files, and the training entry
+  point ``python -m kvtp_kernels.predictor.train``.
+
+transformers is imported only when a SiglipModel is built or loaded.
+"""
+
+from .model import (
+    ContextFusionHead,
+    FrameEncoding,
+    FrameRelevancePredictor,
+    PredictorConfig,
+    PredictorOutput,
+    probe_attention,
+    relevance_logits,
+    resample_token_importance,
+)
+
+# The training module is loaded on first use (so ``python -m kvtp_kernels.predictor.train``
+# does not find it already imported).
+_TRAIN_NAMES = ("RelevanceExample", "TrainConfig", "clip_softmax_pool", "read_relevance_labels", "relevance_loss",
+                "train_predictor")
+
+
+def __getattr__(name: str):
+    if name in _TRAIN_NAMES:
+        from . import train
+
+        return getattr(train, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "ContextFusionHead",
+    "FrameEncoding",
+    "FrameRelevancePredictor",
+    "PredictorConfig",
+    "PredictorOutput",
+    "RelevanceExample",
+    "TrainConfig",
+    "clip_softmax_pool",
+    "probe_attention",
+    "read_relevance_labels",
+    "relevance_logits",
+    "relevance_loss",
+    "resample_token_importance",
+    "train_predictor",
+]
