@@ -6,7 +6,19 @@ Front door: :func:`prune` (and :func:`keep_counts`). The math is fixed in the te
 """
 
 from .api import PrunedTokens, keep_counts, prune
+from .pack import PackedInputs, UnpackedRows, pack_multimodal, unpack
+from .video import load_video
 
 __version__ = "0.1.0"
 
-__all__ = ["PrunedTokens", "keep_counts", "prune", "__version__"]
+__all__ = [
+    "PackedInputs",
+    "PrunedTokens",
+    "UnpackedRows",
+    "keep_counts",
+    "load_video",
+    "pack_multimodal",
+    "prune",
+    "unpack",
+    "__version__",
+]

@@ -1,0 +1,447 @@
+"""Build the LLM's input from text and pruned video tokens (METHOD.md section 4).
+
+:func:`pack_multimodal` replaces the per-sample Python loops of LLaVA's
+``prepare_inputs_labels_for_multimodal``: for every sample it writes the kept text
+before the video placeholder span, the sample's pruned video tokens with newline
+embeddings, then the kept text after the span, either packed across the batch
+(flash-attn's varlen convention) or padded. Two torch ops do the work:
+
+======================  ===================================================================
+op                      what it does
+======================  ===================================================================
+``kvtp::pack_plan``     masks + PrunedTokens offsets -> per-sample counts, ``cu_seqlens``,
+                        the index tables of ``csrc/include/kvtp/pack.h`` and a summary
+                        (ATen ops in ``csrc/pack_ops.cpp``; the same code on CPU and CUDA)
+``kvtp::pack_rows``     one pass over the output rows: each row's source by binary search,
+                        a vectorised row copy (``csrc/pack_cpu.cpp``, ``csrc/pack_cuda.cu``)
+======================  ===================================================================
+
+Schemas (``csrc/pack_ops.cpp``)::
+
+    pack_plan(Tensor? text_mask, Tensor video_mask, Tensor? sample_video,
+              Tensor video_cu_seqlens, Tensor video_indices, str layout, int num_frames,
+              int grid_width, int tokens_per_frame)
+        -> (Tensor cu_seqlens, Tensor sample_info, Tensor text_rank, Tensor newline_cu,
+            Tensor summary)
+
+    pack_rows(Tensor text_embeds, Tensor video_tokens, Tensor? newline, Tensor cu_seqlens,
+              Tensor sample_info, Tensor text_rank, Tensor frame_cu_seqlens,
+              Tensor newline_cu, str layout, int num_frames, int length, bool padded,
+              bool left_padding)
+        -> (Tensor embeds, Tensor source_index, Tensor position_ids)
+
+Every output shape is fixed by the arguments (``length`` included), so both ops have
+shape-only fakes. The output size itself is data dependent; :func:`pack_multimodal`
+reads it, together with the validity of every sample's placeholder span, in one
+device-to-host sync (``summary.tolist()``), which the caller avoids on CUDA by passing
+``length``.
+
+``source_index`` numbers the sources as one concatenation: ``b*L + l`` is text
+position l of sample b, ``B*L + k`` row k of the packed video tokens, ``B*L + Kt`` the
+newline, -1 padding. The backward pass is one ``index_add_`` into that concatenation
+(the newline, which appears many times, accumulates), :func:`unpack` one
+``index_copy_``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+from . import ops
+from .api import PrunedTokens, _describe, _fail
+
+LAYOUTS = ("grid", "frame", "video", "none")
+OUTPUTS = ("varlen", "padded")
+PADDING_SIDES = ("right", "left")
+
+#: Columns of ``sample_info`` (kPackFields in csrc/include/kvtp/pack.h).
+_PACK_FIELDS = 6
+#: Error codes of the plan's summary (csrc/pack_ops.cpp).
+_VIDEO_WITHOUT_SPAN, _SPAN_WITHOUT_VIDEO, _SPAN_NOT_CONTIGUOUS, _SPAN_OUTSIDE_TEXT = 1, 2, 3, 4
+_INT32_MAX = 2**31 - 1
+_INT_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+class PackedInputs(NamedTuple):
+    """What :func:`pack_multimodal` returns: the LLM's input.
+
+    Attributes:
+        embeds: ``[total, D]`` (varlen) or ``[B, L_out, D]`` (padded), dtype of the
+            inputs: bit-identical copies of text rows, video rows and the newline;
+            padding rows are zeros.
+        cu_seqlens: int32 [B + 1]: sample offsets into the varlen rows (flash-attn);
+            given for both outputs (``diff()`` = every sample's length).
+        attention_mask: padded output: [B, L_out] in the dtype of ``text_mask``
+            (int64 without one), 1 on tokens and 0 on padding; ``None`` for varlen.
+        position_ids: int64, shape of ``embeds`` without D: 0, 1, ... within each
+            sample, 0 on padding.
+        source_index: int64, shape of ``embeds`` without D: ``b*L + l`` for text
+            position (b, l), ``B*L + k`` for video row k, ``B*L + Kt`` for the newline,
+            -1 for padding.
+        max_seqlen: varlen: the longest sample, or ``length`` when the caller gave it
+            (an upper bound, which flash-attn accepts); padded: ``L_out``.
+        text_shape: (B, L) of ``text_embeds``; with ``num_video_rows`` it decodes
+            ``source_index`` (see :func:`unpack`).
+        num_video_rows: Kt, rows of the packed video tokens.
+    """
+
+    embeds: torch.Tensor
+    cu_seqlens: torch.Tensor
+    attention_mask: torch.Tensor | None
+    position_ids: torch.Tensor
+    source_index: torch.Tensor
+    max_seqlen: int
+    text_shape: tuple[int, int]
+    num_video_rows: int
+
+
+class UnpackedRows(NamedTuple):
+    """What :func:`unpack` returns.
+
+    Attributes:
+        text: [B, L, D'] rows at their text positions; zeros at the placeholder
+            span, at positions ``text_mask`` excludes, and where ``length`` cut rows.
+        video: [Kt, D'] rows of the packed video tokens' order.
+    """
+
+    text: torch.Tensor
+    video: torch.Tensor
+
+
+# ----------------------------------------------------------------------------------
+# Fakes and autograd
+# ----------------------------------------------------------------------------------
+def _pack_plan_fake(text_mask, video_mask, sample_video, video_cu_seqlens, video_indices, layout, num_frames,
+                    grid_width, tokens_per_frame):
+    B, L = video_mask.shape
+    dev = video_mask.device
+    newline_rows = video_indices.shape[0] + 1 if layout == "grid" else 0
+    return (
+        torch.empty((B + 1,), dtype=torch.int32, device=dev),
+        torch.empty((B, _PACK_FIELDS), dtype=torch.int64, device=dev),
+        torch.empty((B, L), dtype=torch.int32, device=dev),
+        torch.empty((newline_rows,), dtype=torch.int64, device=dev),
+        torch.empty((4,), dtype=torch.int64, device=dev),
+    )
+
+
+def _pack_rows_fake(text_embeds, video_tokens, newline, cu_seqlens, sample_info, text_rank, frame_cu_seqlens,
+                    newline_cu, layout, num_frames, length, padded, left_padding):
+    B, _, D = text_embeds.shape
+    rows = (B, length) if padded else (length,)
+    index = torch.empty(rows, dtype=torch.int64, device=text_embeds.device)
+    return text_embeds.new_empty((*rows, D)), index, torch.empty_like(index)
+
+
+def _to_sources(values: torch.Tensor, source_index: torch.Tensor, text_rows: int, video_rows: int,
+                accumulate: bool) -> torch.Tensor:
+    """Scatter rows [R, D'] to the source concatenation [text | video | newline | padding].
+
+    Padding (-1) goes to the last slot, which callers drop. With ``accumulate`` the
+    newline slot sums its rows (``index_add_``); otherwise any one of them lands there.
+    """
+    slots = text_rows + video_rows + 2
+    index = torch.where(source_index < 0, slots - 1, source_index)
+    buffer = values.new_zeros((slots, values.shape[-1]))
+    return buffer.index_add_(0, index, values) if accumulate else buffer.index_copy_(0, index, values)
+
+
+def _pack_rows_setup_context(ctx, inputs, output):
+    text_embeds, video_tokens, newline = inputs[:3]
+    ctx.text_shape = tuple(text_embeds.shape)
+    ctx.video_rows = video_tokens.shape[0]
+    ctx.has_newline = newline is not None
+    ctx.save_for_backward(output[1])
+
+
+def _pack_rows_backward(ctx, grad_embeds, _grad_source_index, _grad_position_ids):
+    (source_index,) = ctx.saved_tensors
+    B, L, D = ctx.text_shape
+    text_rows, video_rows = B * L, ctx.video_rows
+    grads = _to_sources(grad_embeds.reshape(-1, D), source_index.reshape(-1), text_rows, video_rows, accumulate=True)
+    grad_newline = grads[text_rows + video_rows] if ctx.has_newline else None
+    return (grads[:text_rows].view(B, L, D), grads[text_rows:text_rows + video_rows], grad_newline) + (None,) * 10
+
+
+if ops.HAS_CPP:
+    torch.library.register_fake("kvtp::pack_plan")(_pack_plan_fake)
+    torch.library.register_fake("kvtp::pack_rows")(_pack_rows_fake)
+    torch.library.register_autograd("kvtp::pack_rows", _pack_rows_backward, setup_context=_pack_rows_setup_context)
+
+
+# ----------------------------------------------------------------------------------
+# Argument checks: static ones here (no data read), data ones from the plan's summary
+# ----------------------------------------------------------------------------------
+def _check_mask(arg: str, mask: object, B: int, L: int, device: torch.device) -> None:
+    if not isinstance(mask, torch.Tensor):
+        _fail(arg, "a torch.Tensor", type(mask).__name__)
+    if tuple(mask.shape) != (B, L) or mask.dtype not in _INT_DTYPES or mask.device != device:
+        _fail(arg, f"a bool or integer tensor of shape [B, L] = [{B}, {L}] on {device}", _describe(mask))
+
+
+def _check_offsets(arg: str, t: object, dtype: torch.dtype, size: int | None, device: torch.device) -> None:
+    if not isinstance(t, torch.Tensor):
+        _fail(arg, f"a {dtype} tensor", type(t).__name__)
+    if t.dtype != dtype or t.dim() != 1 or (size is not None and t.shape[0] != size) or t.device != device:
+        want = "[*]" if size is None else f"[{size}]"
+        _fail(arg, f"a {dtype} tensor of shape {want} on {device}", _describe(t))
+
+
+def _check_video(video: PrunedTokens, D: int, dtype: torch.dtype, device: torch.device) -> tuple[int, int]:
+    """-> (V videos, T frames per video)."""
+    if not isinstance(video, PrunedTokens):
+        _fail("video", "a PrunedTokens (from kvtp_kernels.prune) or None", type(video).__name__)
+    tokens = video.tokens
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.shape[1] != D:
+        _fail("video.tokens", f"of shape [Kt, D] with D = {D} (the D of `text_embeds`)",
+              _describe(tokens) if isinstance(tokens, torch.Tensor) else type(tokens).__name__)
+    if tokens.dtype != dtype or tokens.device != device:
+        _fail("video.tokens", f"{dtype} on {device} (like `text_embeds`)", _describe(tokens))
+    Kt = tokens.shape[0]
+    _check_offsets("video.indices", video.indices, torch.int64, Kt, device)
+    _check_offsets("video.cu_seqlens", video.cu_seqlens, torch.int32, None, device)
+    V = video.cu_seqlens.shape[0] - 1
+    if V < 1:
+        _fail("video.cu_seqlens", "of shape [V + 1] with V >= 1 videos", _describe(video.cu_seqlens))
+    counts = video.frame_counts
+    if not isinstance(counts, torch.Tensor) or counts.dtype != torch.int32 or counts.dim() not in (1, 2) or (
+            counts.dim() == 2 and counts.shape[0] != V) or (counts.dim() == 1 and V != 1):
+        _fail("video.frame_counts", f"an int32 tensor of shape [V, T] with V = {V} (or [T] for one video)",
+              _describe(counts) if isinstance(counts, torch.Tensor) else type(counts).__name__)
+    T = counts.shape[-1]
+    _check_offsets("video.frame_cu_seqlens", video.frame_cu_seqlens, torch.int32, V * T + 1, device)
+    return V, T
+
+
+def _check_sample_to_video(sample_to_video: object, B: int, V: int) -> list[int] | None:
+    """-> the mapping as a list, or None for the identity."""
+    if sample_to_video is None:
+        if V != B:
+            _fail("sample_to_video", f"given when the number of videos ({V}) differs from the batch size B = {B} "
+                  "(None means video b belongs to sample b)", None)
+        return None
+    if isinstance(sample_to_video, torch.Tensor):
+        if sample_to_video.device.type != "cpu":
+            _fail("sample_to_video", "a sequence of ints or a CPU tensor (reading a device tensor would sync)",
+                  _describe(sample_to_video))
+        sample_to_video = sample_to_video.tolist()
+    if not isinstance(sample_to_video, Sequence) or len(sample_to_video) != B or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in sample_to_video):
+        _fail("sample_to_video", f"a sequence of B = {B} ints (video of each sample, -1 for none)",
+              repr(sample_to_video))
+    used = sorted(v for v in sample_to_video if v != -1)
+    if used != list(range(V)):
+        _fail("sample_to_video", f"a mapping that names each of the {V} videos exactly once (other entries -1)",
+              repr(list(sample_to_video)))
+    return list(sample_to_video)
+
+
+def _raise_for_sample(sample: int, code: int, sample_to_video: list[int] | None) -> None:
+    video = sample if sample_to_video is None else sample_to_video[sample]
+    if code == _VIDEO_WITHOUT_SPAN:
+        _fail("video_mask", f"True on the placeholder positions of sample {sample}, which has video {video}",
+              "no True position in that row")
+    if code == _SPAN_WITHOUT_VIDEO:
+        _fail("video_mask", f"all False for sample {sample}, which has no video (sample_to_video[{sample}] = -1)",
+              "True positions in that row")
+    if code == _SPAN_NOT_CONTIGUOUS:
+        _fail("video_mask", "one contiguous run of True positions per sample (the video span)",
+              f"several runs in sample {sample}")
+    if code == _SPAN_OUTSIDE_TEXT:
+        _fail("video_mask", "True only where `text_mask` is nonzero (the span lies inside the sample's text)",
+              f"placeholder positions outside the text of sample {sample}")
+    raise AssertionError(f"kvtp_kernels: unknown pack_plan error code {code}")
+
+
+# ----------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------
+def pack_multimodal(
+    text_embeds: torch.Tensor,
+    text_mask: torch.Tensor | None,
+    video_mask: torch.Tensor | None,
+    video: PrunedTokens | None,
+    *,
+    newline: torch.Tensor | None = None,
+    layout: str = "grid",
+    grid_width: int | None = None,
+    tokens_per_frame: int | None = None,
+    sample_to_video: Sequence[int] | torch.Tensor | None = None,
+    output: str = "varlen",
+    padding_side: str = "right",
+    length: int | None = None,
+) -> PackedInputs:
+    """Build the LLM input: text with each sample's pruned video spliced into its placeholder span.
+
+    Sample b's sequence is its kept text before the span, the video block, then its
+    kept text after the span, where kept text = positions with ``text_mask`` nonzero
+    and ``video_mask`` zero, in position order (left-padded prompts work: the text
+    need not be a prefix). The video block holds the video's rows in PrunedTokens
+    order (frame, raster) with newlines per ``layout``:
+
+    - ``"grid"``: after each grid row that kept a token; row of token n = n // grid_width,
+      per frame (LLaVA-Video's ``image_newline``);
+    - ``"frame"``: after each frame, also one that kept no token;
+    - ``"video"``: once after the video, also when it kept no token (HF LlavaOnevision);
+    - ``"none"``: no newline.
+
+    Args:
+        text_embeds: [B, L, D] float32/float16/bfloat16 (or float64): the embedded
+            prompts including the (unpruned) placeholder positions. Any strides with
+            unit stride along D (otherwise it is copied to be contiguous).
+        text_mask: [B, L] bool or integer (HF attention mask), nonzero = text;
+            ``None`` = every position.
+        video_mask: [B, L] bool or integer, nonzero on the placeholder positions: one
+            contiguous run inside the text for a sample with a video, none for a
+            sample without. May be ``None`` when ``video`` is.
+        video: the :class:`~kvtp_kernels.api.PrunedTokens` of V videos
+            (``tokens`` [Kt, D] of the dtype and device of ``text_embeds``, int64
+            ``indices``, int32 ``cu_seqlens`` [V + 1], ``frame_counts`` [V, T] and
+            ``frame_cu_seqlens`` [V*T + 1]); ``None`` for text only.
+        newline: [D], dtype of ``text_embeds``; required unless ``layout="none"``
+            (ignored there).
+        layout: "grid", "frame", "video" or "none".
+        grid_width: W of the H x W token grid; required for ``"grid"``.
+        tokens_per_frame: N of the pruned input's [.., T, N, D] (the video indices
+            are ``(v*T + t)*N + n``); required for ``"grid"``.
+        sample_to_video: video of each sample, -1 for a sample without one; each
+            video used exactly once. A sequence of ints or a CPU tensor. ``None``:
+            video b belongs to sample b (needs V == B).
+        output: "varlen" ([total, D] rows + ``cu_seqlens``) or "padded"
+            ([B, L_out, D] + ``attention_mask``).
+        padding_side: "right" or "left" (padded output).
+        length: rows of the varlen output, or ``L_out`` of the padded one. ``None``
+            computes it (the longest sample for padded), which costs the call's one
+            device-to-host sync. Given, there is no sync on CUDA; it may exceed what
+            is needed (extra varlen rows at the end and extra padding are zero rows
+            with ``source_index`` -1).
+
+    Returns:
+        :class:`PackedInputs`.
+
+    Raises:
+        ValueError: naming the argument, what it must be and what it is, before
+            any output is written: shapes, dtypes and devices of every tensor, the
+            layout options, ``sample_to_video``; and, whenever the plan's summary is
+            read (always on CPU; on CUDA unless ``length`` is given, since that
+            check needs the sync), each sample's placeholder span and ``length``.
+    """
+    if not isinstance(text_embeds, torch.Tensor):
+        _fail("text_embeds", "a torch.Tensor of shape [B, L, D]", type(text_embeds).__name__)
+    if text_embeds.dim() != 3 or not text_embeds.is_floating_point() or min(text_embeds.shape) == 0:
+        _fail("text_embeds", "a non-empty floating-point tensor of shape [B, L, D]", _describe(text_embeds))
+    B, L, D = text_embeds.shape
+    dtype, device = text_embeds.dtype, text_embeds.device
+    if text_mask is not None:
+        _check_mask("text_mask", text_mask, B, L, device)
+    if layout not in LAYOUTS:
+        _fail("layout", f"one of {LAYOUTS}", repr(layout))
+    if output not in OUTPUTS:
+        _fail("output", f"one of {OUTPUTS}", repr(output))
+    if padding_side not in PADDING_SIDES:
+        _fail("padding_side", f"one of {PADDING_SIDES}", repr(padding_side))
+    if layout == "grid":
+        for arg, value in (("grid_width", grid_width), ("tokens_per_frame", tokens_per_frame)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                _fail(arg, "an int >= 1 for layout='grid'", repr(value))
+    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 0):
+        _fail("length", "None or an int >= 0", repr(length))
+    if layout == "none":
+        newline = None
+    elif not isinstance(newline, torch.Tensor):
+        _fail("newline", f"a [D] tensor for layout={layout!r}", type(newline).__name__)
+    elif tuple(newline.shape) != (D,) or newline.dtype != dtype or newline.device != device:
+        _fail("newline", f"a {dtype} tensor of shape [D] = [{D}] on {device} (like `text_embeds`)",
+              _describe(newline))
+
+    if video is None:
+        if video_mask is None:
+            video_mask = torch.zeros((B, L), dtype=torch.bool, device=device)
+        mapping = [-1] * B if sample_to_video is None else _check_sample_to_video(sample_to_video, B, 0)
+        video_tokens = text_embeds.new_empty((0, D))
+        video_indices = torch.empty((0,), dtype=torch.int64, device=device)
+        video_cu = frame_cu = torch.zeros((1,), dtype=torch.int32, device=device)
+        num_frames = 0
+    else:
+        V, num_frames = _check_video(video, D, dtype, device)
+        mapping = _check_sample_to_video(sample_to_video, B, V)
+        video_tokens, video_indices = video.tokens, video.indices
+        video_cu, frame_cu = video.cu_seqlens, video.frame_cu_seqlens
+    _check_mask("video_mask", video_mask, B, L, device)
+
+    # Byte copies need unit stride along D; other strides are honoured.
+    if D > 1 and text_embeds.stride(2) != 1:
+        text_embeds = text_embeds.contiguous()
+    if D > 1 and video_tokens.stride(1) != 1:
+        video_tokens = video_tokens.contiguous()
+    newline = newline.contiguous() if newline is not None else None
+    sample_video = None
+    if mapping is not None:
+        sample_video = torch.tensor(mapping, dtype=torch.int64)
+        if device.type == "cuda":  # from pinned memory the copy is asynchronous: no hidden sync
+            sample_video = sample_video.pin_memory().to(device, non_blocking=True)
+        else:
+            sample_video = sample_video.to(device)
+
+    cu_seqlens, sample_info, text_rank, newline_cu, summary = torch.ops.kvtp.pack_plan(
+        text_mask, video_mask, sample_video, video_cu, video_indices, layout, num_frames, grid_width or 0,
+        tokens_per_frame or 0)
+
+    padded = output == "padded"
+    max_seqlen = length
+    # The summary is read where that is free (CPU) and where the size is needed anyway;
+    # under torch.compile only in the latter case, since reading it breaks the graph.
+    if length is None or (device.type == "cpu" and not torch.compiler.is_compiling()):
+        total, longest, bad_sample, code = summary.tolist()  # the one device-to-host sync
+        if bad_sample >= 0:
+            _raise_for_sample(bad_sample, code, mapping)
+        if total > _INT32_MAX:
+            _fail("text_embeds", f"a batch whose packed length fits int32 cu_seqlens (<= {_INT32_MAX})",
+                  f"{total} rows")
+        needed = longest if padded else total
+        if length is None:
+            length = needed
+            max_seqlen = longest
+        elif length < needed:
+            what = "the longest sample" if padded else "the packed rows"
+            _fail("length", f">= {needed} ({what})", length)
+    embeds, source_index, position_ids = torch.ops.kvtp.pack_rows(
+        text_embeds, video_tokens, newline, cu_seqlens, sample_info, text_rank, frame_cu, newline_cu, layout,
+        num_frames, length, padded, padding_side == "left")
+    attention_mask = None
+    if padded:
+        attention_mask = (source_index >= 0).to(text_mask.dtype if text_mask is not None else torch.int64)
+    return PackedInputs(embeds, cu_seqlens, attention_mask, position_ids, source_index, max_seqlen, (B, L),
+                        video_tokens.shape[0])
+
+
+def unpack(values: torch.Tensor, packed: PackedInputs) -> UnpackedRows:
+    """Scatter packed rows back to the layout of the sources: one ``index_copy_``.
+
+    Args:
+        values: rows laid out like ``packed.embeds`` with any last dimension D':
+            [total, D'] (varlen; or a jagged nested tensor over it, e.g.
+            ``torch.nested.nested_tensor_from_jagged(embeds, cu_seqlens)``) or
+            [B, L_out, D'] (padded); e.g. ``packed.embeds`` itself or the LLM's
+            hidden states.
+        packed: the :class:`PackedInputs` that laid the rows out.
+
+    Returns:
+        :class:`UnpackedRows`: ``text`` [B, L, D'] and ``video`` [Kt, D']. Newline and
+        padding rows are dropped. ``unpack(packed.embeds, packed)`` gives back the
+        text rows that were packed (zeros elsewhere) and the video tokens exactly.
+    """
+    if isinstance(values, torch.Tensor) and values.is_nested:
+        values = values.values()
+    src = packed.source_index
+    if not isinstance(values, torch.Tensor) or values.dim() != src.dim() + 1 or values.shape[:-1] != src.shape:
+        _fail("values", f"a tensor of shape [{', '.join(map(str, src.shape))}, D'] (the rows of packed.embeds)",
+              _describe(values) if isinstance(values, torch.Tensor) else type(values).__name__)
+    B, L = packed.text_shape
+    text_rows, video_rows = B * L, packed.num_video_rows
+    rows = _to_sources(values.reshape(-1, values.shape[-1]), src.reshape(-1), text_rows, video_rows,
+                       accumulate=False)
+    return UnpackedRows(rows[:text_rows].view(B, L, -1), rows[text_rows:text_rows + video_rows])
