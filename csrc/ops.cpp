@@ -15,6 +15,9 @@ TORCH_LIBRARY(kvtp, m) {
       "prune_tokens(Tensor tokens, Tensor? scores, Tensor? frame_embeds, Tensor? query_embeds, "
       "Tensor? logit_scale, Tensor? logit_bias, Tensor? token_scores, Tensor? frame_counts, int budget, "
       "int total_rows, float temperature, int min_tokens) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "merge_neighbors(Tensor tokens, Tensor merge_keys, Tensor weights, Tensor indices, int num_neighbors, "
+      "bool mean) -> Tensor");
 }
 
 // `import kvtp_kernels._C` loads this library (and so runs the registrations above);

@@ -18,6 +18,8 @@ from . import ops
 
 BACKENDS = ("reference", "cpu", "triton")
 ALLOCATIONS = ("exact", "paper")
+METHODS = ("topk", "prumerge", "tome", "random")
+MERGES = ("paper", "mean")
 _INT32_MAX = 2**31 - 1
 
 
@@ -179,6 +181,8 @@ def select_backend(backend: str | None, device: torch.device) -> str:
 
 _KEEP_COUNTS_OPS = {"reference": "keep_counts_ref", "cpu": "keep_counts", "triton": "keep_counts_triton"}
 _PRUNE_OPS = {"reference": "prune_tokens_ref", "cpu": "prune_tokens", "triton": "prune_tokens_triton"}
+_MERGE_OPS = {"reference": "merge_neighbors_ref", "cpu": "merge_neighbors", "triton": "merge_neighbors_triton"}
+_TOME_OPS = {"reference": "tome_merge_ref", "cpu": "tome_merge", "triton": "tome_merge"}
 
 
 def _op(table: dict[str, str], backend: str):
@@ -249,6 +253,11 @@ def prune(
     query_embeds: torch.Tensor | None = None,
     logit_scale: torch.Tensor | float | None = None,
     logit_bias: torch.Tensor | float | None = None,
+    method: str = "topk",
+    merge_keys: torch.Tensor | None = None,
+    merge: str = "paper",
+    num_neighbors: int | None = None,
+    generator: torch.Generator | int | None = None,
     backend: str | None = None,
 ) -> PrunedTokens:
     """KVTP: keep a relevance-dependent number of tokens per frame and pack them.
@@ -263,6 +272,7 @@ def prune(
         token_scores: [B, T, N] / [T, N] importance of each token in its frame
             (higher is kept first; ties to the lower index; NaN lowest). Default:
             distinctiveness ``1 - cos(x, mean of the frame)`` (METHOD.md section 3).
+            Required by ``method="prumerge"`` (they are its merge weights a_j).
         temperature: tau of the frame softmax (> 0).
         allocation: "exact" (default; sum of counts = K, static output size, no host
             sync) or "paper" (the authors' rule; one device-to-host sync to size
@@ -274,6 +284,21 @@ def prune(
             ``max_c exp(logit_scale) * cos(q_c, f_t) + logit_bias``.
         logit_scale, logit_bias: floats or one-element tensors (SigLIP's
             ``logit_scale`` is a log scale); default 0.
+        method: what happens inside a frame once KVTP has fixed its count k_t:
+            "topk" (keep the k_t best by ``token_scores``), "random" (k_t uniformly
+            at random, raster order; seeded by ``generator``), "prumerge" (top-k by
+            ``token_scores``, then every kept token absorbs its ``num_neighbors``
+            most similar tokens of the frame), "tome" (bipartite soft matching down
+            to k_t tokens, size-weighted means; output ordered by representative).
+            For merging methods ``indices`` names each row's representative token.
+        merge_keys: [B, T, N, Dk] / [T, N, Dk] keys whose cosine similarity drives
+            prumerge/tome (default: the tokens themselves).
+        merge: prumerge's fold: "paper" (``x_i + sum_j a_j x_j``, unnormalised, as
+            the authors do) or "mean" (a-weighted mean of i and its neighbours).
+        num_neighbors: prumerge's neighbours per kept token, in [0, N-1]; default
+            ``min(32, N-1)`` (the authors use 32).
+        generator: ``method="random"`` only: a ``torch.Generator`` on the tokens'
+            device, or an int seed.
         backend: None picks by device (CUDA -> "triton", CPU -> "cpu", the C++
             kernel); "reference", "cpu" or "triton" force one.
 
@@ -309,9 +334,13 @@ def prune(
     K, ratio = resolve_budget(budget, T, N, min_tokens_per_frame)
     if B * K > _INT32_MAX:
         _fail("budget", f"such that B*K fits int32 cu_seqlens (<= {_INT32_MAX})", f"B*K = {B * K}")
+    keys, n_neighbors = _check_method(method, ts, batch("merge_keys", merge_keys), merge, num_neighbors, generator,
+                                      B, T, N, device)
     backend = select_backend(backend, device)
     temperature = float(temperature)
     m = min_tokens_per_frame
+    if method == "random":
+        ts = _random_scores(generator, (B, T, N), device)
 
     if allocation == "exact":
         counts, total, max_seqlen = None, B * K, K
@@ -319,8 +348,74 @@ def prune(
         counts = _op(_KEEP_COUNTS_OPS, backend)(s, fe, qe, ls, lb, N, K, ratio, temperature, m, True)
         per_video = counts.sum(dim=1, dtype=torch.int64).tolist()  # the one host sync
         total, max_seqlen = sum(per_video), max(per_video)
-    packed, indices, frame_counts, cu_seqlens, frame_cu_seqlens = _op(_PRUNE_OPS, backend)(
-        x, s, fe, qe, ls, lb, ts, counts, K, total, temperature, m)
+
+    if method == "tome":
+        if counts is None:
+            counts = _op(_KEEP_COUNTS_OPS, backend)(s, fe, qe, ls, lb, N, K, ratio, temperature, m, False)
+        packed, indices = _op(_TOME_OPS, backend)(x, x if keys is None else keys, counts, total)
+        frame_counts, cu_seqlens, frame_cu_seqlens = counts, *offsets_from_counts(counts)
+    else:
+        packed, indices, frame_counts, cu_seqlens, frame_cu_seqlens = _op(_PRUNE_OPS, backend)(
+            x, s, fe, qe, ls, lb, ts, counts, K, total, temperature, m)
+        if method == "prumerge":
+            packed = _op(_MERGE_OPS, backend)(x, x if keys is None else keys, ts, indices, n_neighbors,
+                                              merge == "mean")
     if not batched:
         frame_counts = frame_counts.squeeze(0)
     return PrunedTokens(packed, indices, frame_counts, cu_seqlens, frame_cu_seqlens, max_seqlen)
+
+
+def offsets_from_counts(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int32 counts [B, T] -> (cu_seqlens int32 [B+1], frame_cu_seqlens int32 [B*T+1]), on device, no sync."""
+    zero = counts.new_zeros(1)
+    cu_seqlens = torch.cat([zero, counts.sum(dim=1, dtype=torch.int32).cumsum(0, dtype=torch.int32)])
+    frame_cu_seqlens = torch.cat([zero, counts.reshape(-1).cumsum(0, dtype=torch.int32)])
+    return cu_seqlens, frame_cu_seqlens
+
+
+def _check_method(method, token_scores, merge_keys, merge, num_neighbors, generator, B, T, N, device):
+    """Checks the within-frame method's arguments; returns (merge_keys, num_neighbors)."""
+    if method not in METHODS:
+        _fail("method", f"one of {METHODS}", repr(method))
+    merging = method in ("prumerge", "tome")
+    if merge_keys is not None:
+        if not merging:
+            _fail("merge_keys", f"None for method={method!r} (only 'prumerge' and 'tome' merge)", "a tensor")
+        _check_tensor("merge_keys", merge_keys, shape=(B, T, N, None), device=device)
+        if merge_keys.shape[-1] == 0:
+            _fail("merge_keys", "non-empty (Dk > 0)", _describe(merge_keys))
+    if generator is not None and method != "random":
+        _fail("generator", f"None for method={method!r} (only 'random' draws)", repr(generator))
+    if method == "random":
+        if token_scores is not None:
+            _fail("token_scores", "None for method='random' (tokens are drawn uniformly)", "a tensor")
+        if isinstance(generator, torch.Generator) and generator.device.type != device.type:
+            _fail("generator", f"a torch.Generator on {device.type} (the device of `tokens`)",
+                  f"a generator on {generator.device}")
+        if generator is not None and not isinstance(generator, torch.Generator) and (
+                isinstance(generator, bool) or not isinstance(generator, int)):
+            _fail("generator", "a torch.Generator or an int seed", repr(generator))
+    if method == "tome" and token_scores is not None:
+        _fail("token_scores", "None for method='tome' (ToMe merges by key similarity, not by score)", "a tensor")
+    if method == "prumerge":
+        if token_scores is None:
+            _fail("token_scores", "given for method='prumerge': they are its merge weights a_j (e.g. the "
+                  "attention of SigLIP's pooling head, FrameRelevancePredictor's token importance); "
+                  "there is no default", None)
+        if merge not in MERGES:
+            _fail("merge", f"one of {MERGES}", repr(merge))
+        if num_neighbors is None:
+            num_neighbors = min(32, N - 1)
+        _check_number("num_neighbors", num_neighbors, lo=0, integer=True)
+        if num_neighbors > N - 1:
+            _fail("num_neighbors", f"<= N-1 = {N - 1} (the other tokens of a frame)", repr(num_neighbors))
+    elif num_neighbors is not None:
+        _fail("num_neighbors", f"None for method={method!r} (only 'prumerge' has neighbours)", repr(num_neighbors))
+    return merge_keys, num_neighbors
+
+
+def _random_scores(generator, shape, device) -> torch.Tensor:
+    """iid uniform token scores: their top-k is a uniformly random k-subset."""
+    if isinstance(generator, int):
+        generator = torch.Generator(device=device).manual_seed(generator)
+    return torch.rand(shape, generator=generator, device=device)

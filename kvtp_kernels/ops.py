@@ -2,16 +2,22 @@
 
 Every op exists once per backend, with one shared schema:
 
-======================  ===========================  ==================================
-op                      backend                      implementation
-======================  ===========================  ==================================
-``keep_counts``         C++, CPU dispatch key        ``csrc/prune_cpu.cpp``
-``keep_counts_ref``     pure PyTorch, any device     :mod:`kvtp_kernels.reference`
-``keep_counts_triton``  Triton (CUDA, interpreter)   :mod:`kvtp_kernels.kernels.prune_triton`
-``prune_tokens``        C++, CPU dispatch key        ``csrc/prune_cpu.cpp``
-``prune_tokens_ref``    pure PyTorch, any device     :mod:`kvtp_kernels.reference`
-``prune_tokens_triton`` Triton (CUDA, interpreter)   :mod:`kvtp_kernels.kernels.prune_triton`
-======================  ===========================  ==================================
+=========================  ===========================  ==================================
+op                         backend                      implementation
+=========================  ===========================  ==================================
+``keep_counts``            C++, CPU dispatch key        ``csrc/prune_cpu.cpp``
+``keep_counts_ref``        pure PyTorch, any device     :mod:`kvtp_kernels.reference`
+``keep_counts_triton``     Triton (CUDA, interpreter)   :mod:`kvtp_kernels.kernels.prune_triton`
+``prune_tokens``           C++, CPU dispatch key        ``csrc/prune_cpu.cpp``
+``prune_tokens_ref``       pure PyTorch, any device     :mod:`kvtp_kernels.reference`
+``prune_tokens_triton``    Triton (CUDA, interpreter)   :mod:`kvtp_kernels.kernels.prune_triton`
+``merge_neighbors``        C++, CPU dispatch key        ``csrc/merge_cpu.cpp``
+``merge_neighbors_ref``    pure PyTorch, any device     :mod:`kvtp_kernels.reference`
+``merge_neighbors_triton`` Triton (CUDA, interpreter)   :mod:`kvtp_kernels.kernels.merge_triton`
+``tome_merge``             batched PyTorch, any device  :mod:`kvtp_kernels.methods`
+``tome_merge_ref``         per-frame loop (oracle)      :mod:`kvtp_kernels.reference`
+``pack_plan``/``pack_rows`` C++ CPU + CUDA              ``csrc/pack_*`` (see :mod:`kvtp_kernels.pack`)
+=========================  ===========================  ==================================
 
 Schemas (C++ ops define them in ``csrc/ops.cpp``; Python ops infer the same one)::
 
@@ -25,6 +31,12 @@ Schemas (C++ ops define them in ``csrc/ops.cpp``; Python ops infer the same one)
                  int total_rows, float temperature, int min_tokens)
         -> (Tensor packed, Tensor indices, Tensor frame_counts,
             Tensor cu_seqlens, Tensor frame_cu_seqlens)
+
+    merge_neighbors(Tensor tokens, Tensor merge_keys, Tensor weights, Tensor indices,
+                    int num_neighbors, bool mean) -> Tensor merged        # PruMerge
+
+    tome_merge(Tensor tokens, Tensor merge_keys, Tensor counts, int total_rows)
+        -> (Tensor merged, Tensor indices)                               # ToMe
 
 Argument conventions (checked by :mod:`kvtp_kernels.api`, not here):
 
@@ -43,6 +55,7 @@ from __future__ import annotations
 
 import torch
 
+from . import methods
 from . import reference as ref
 
 try:  # the C++ extension registers kvtp::keep_counts and kvtp::prune_tokens
@@ -160,11 +173,54 @@ prune_tokens_ref.register_fake(_prune_tokens_fake)
 register_prune_autograd("kvtp::prune_tokens_ref")
 
 # ----------------------------------------------------------------------------------
+# Within-frame merging methods (METHOD.md section 3). Not differentiable.
+# ----------------------------------------------------------------------------------
+def _merge_neighbors_fake(tokens, merge_keys, weights, indices, num_neighbors, mean):
+    return tokens.new_empty((indices.shape[0], tokens.shape[-1]))
+
+
+def _tome_merge_fake(tokens, merge_keys, counts, total_rows):
+    return (tokens.new_empty((total_rows, tokens.shape[-1])),
+            torch.empty((total_rows,), dtype=torch.int64, device=tokens.device))
+
+
+@torch.library.custom_op("kvtp::merge_neighbors_ref", mutates_args=())
+def merge_neighbors_ref(
+    tokens: torch.Tensor,
+    merge_keys: torch.Tensor,
+    weights: torch.Tensor,
+    indices: torch.Tensor,
+    num_neighbors: int,
+    mean: bool,
+) -> torch.Tensor:
+    return ref.prumerge_ref(tokens, merge_keys, weights, indices, num_neighbors, mean)
+
+
+@torch.library.custom_op("kvtp::tome_merge_ref", mutates_args=())
+def tome_merge_ref(
+    tokens: torch.Tensor, merge_keys: torch.Tensor, counts: torch.Tensor, total_rows: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return ref.tome_ref(tokens, merge_keys, counts)
+
+
+@torch.library.custom_op("kvtp::tome_merge", mutates_args=())
+def tome_merge(
+    tokens: torch.Tensor, merge_keys: torch.Tensor, counts: torch.Tensor, total_rows: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return methods.tome_merge(tokens, merge_keys, counts, total_rows)
+
+
+merge_neighbors_ref.register_fake(_merge_neighbors_fake)
+tome_merge_ref.register_fake(_tome_merge_fake)
+tome_merge.register_fake(_tome_merge_fake)
+
+# ----------------------------------------------------------------------------------
 # C++ ops: schemas and CPU kernels live in csrc/; fakes and autograd are added here.
 # ----------------------------------------------------------------------------------
 if HAS_CPP:
     torch.library.register_fake("kvtp::keep_counts")(_keep_counts_fake)
     torch.library.register_fake("kvtp::prune_tokens")(_prune_tokens_fake)
+    torch.library.register_fake("kvtp::merge_neighbors")(_merge_neighbors_fake)
     register_prune_autograd("kvtp::prune_tokens")
 
 # ----------------------------------------------------------------------------------

@@ -243,20 +243,129 @@ def distinctiveness_ref(tokens: torch.Tensor) -> torch.Tensor:
     return 1.0 - dot / denom
 
 
-def topk_mask_ref(token_scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Boolean [..., N] mask of the ``counts[...]`` highest-scoring tokens of each row.
+def rank_ref(scores: torch.Tensor) -> torch.Tensor:
+    """Position of each entry when its row is ordered best first (int64, same shape).
 
-    Ties go to the lower token index; NaN ranks below every number (``-inf``
-    included), NaNs among themselves by index.
+    Higher score first, ties to the lower index, NaN below every number (``-inf``
+    included), NaNs among themselves by index: the within-frame order of METHOD.md
+    section 3, used for tokens and for merge neighbours alike.
     """
-    s = token_scores.double()
+    s = scores.double()
     nan = torch.isnan(s)
     key = torch.where(nan, float("-inf"), s)
     order = torch.sort(key, dim=-1, descending=True, stable=True).indices
     order = torch.gather(order, -1, torch.sort(torch.gather(nan, -1, order).byte(), dim=-1, stable=True).indices)
     rank = torch.empty_like(order)
     rank.scatter_(-1, order, torch.arange(s.shape[-1], device=s.device).expand_as(order))
-    return rank < counts[..., None].long()
+    return rank
+
+
+def topk_mask_ref(token_scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Boolean [..., N] mask of the ``counts[...]`` best tokens of each row (order of :func:`rank_ref`)."""
+    return rank_ref(token_scores) < counts[..., None].long()
+
+
+def cosine_gram_ref(keys: torch.Tensor) -> torch.Tensor:
+    """float64 [..., N, N] cosine similarities of the rows of ``keys`` [..., N, Dk] (norms clamped at 1e-12)."""
+    k = keys.double()
+    k = k / k.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
+    return k @ k.transpose(-1, -2)
+
+
+def prumerge_ref(
+    tokens: torch.Tensor,
+    merge_keys: torch.Tensor,
+    weights: torch.Tensor,
+    indices: torch.Tensor,
+    num_neighbors: int,
+    mean: bool,
+) -> torch.Tensor:
+    """PruMerge's merge step for the kept tokens (METHOD.md section 3).
+
+    Each kept token i absorbs its ``num_neighbors`` most similar other tokens j of the
+    same frame (cosine of ``merge_keys`` in float64; order of :func:`rank_ref`, so ties
+    go to the lower index and NaN similarities last):
+
+    - ``mean=False`` (the authors' "paper" merge): ``y_i = x_i + sum_j a_j x_j``;
+    - ``mean=True``: the a-weighted mean of i and its neighbours, written
+      ``y_i = x_i + sum_j (a_j / W) (x_j - x_i)`` with ``W = a_i + sum_j a_j``
+      (``y_i = x_i`` when W == 0), so that no neighbours gives exactly ``x_i``.
+
+    Args:
+        tokens: [B, T, N, D]. merge_keys: [B, T, N, Dk]. weights: [B, T, N] (the a's).
+        indices: int64 [R]: flat indices (into B*T*N) of the kept tokens.
+        num_neighbors: in [0, N - 1].
+
+    Returns:
+        [R, D] in the dtype of ``tokens`` (computed in float64, rounded once).
+    """
+    B, T, N, D = tokens.shape
+    frame, token = indices // N, indices % N
+    x = tokens.reshape(B * T, N, D).double()
+    a = weights.reshape(B * T, N).double()
+    cos = cosine_gram_ref(merge_keys.reshape(B * T, N, -1))[frame, token]  # [R, N]
+    rank = rank_ref(cos)
+    rank = rank - (rank.gather(1, token[:, None]) < rank).long()  # rank among the other tokens
+    neighbor = (rank < num_neighbors) & (torch.arange(N, device=tokens.device) != token[:, None])
+    aj = torch.where(neighbor, a[frame], 0.0)  # [R, N]
+    xi = x[frame, token]
+    if mean:
+        w = a[frame, token] + aj.sum(dim=-1)
+        coef = torch.where(w[:, None] != 0, aj / torch.where(w != 0, w, 1.0)[:, None], 0.0)
+        y = xi + torch.einsum("rn,rnd->rd", coef, x[frame] - xi[:, None, :])
+    else:
+        y = xi + torch.einsum("rn,rnd->rd", aj, x[frame])
+    return y.to(tokens.dtype)
+
+
+def tome_ref(tokens: torch.Tensor, merge_keys: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ToMe inside each frame down to ``counts[b, t]`` tokens (METHOD.md section 3).
+
+    Literal bipartite soft matching, frame by frame (an oracle, not a fast path):
+    while a frame has n > k tokens, split them by position into A (even) and B (odd);
+    each a in A picks its most similar b in B (cosine of the keys; ties to the lower
+    b); the r = min(n - k, |A|) pairs with the highest similarity (ties to the lower
+    a) merge a into b as size-weighted means of tokens and keys (sizes add). The
+    survivors keep their raster order; a survivor's index is its own position (the
+    representative of everything merged into it). k = 0 keeps nothing.
+
+    Returns:
+        (rows [sum k, D] in the dtype of ``tokens`` (float64 math), indices int64 of
+        the representatives into the B*T*N rows), frames in (video, frame) order.
+    """
+    B, T, N, D = tokens.shape
+    x = tokens.reshape(B * T, N, D).double()
+    keys = merge_keys.reshape(B * T, N, -1).double()
+    rows, reps = [], []
+    for f, k in enumerate(counts.reshape(-1).tolist()):
+        if k == 0:
+            continue
+        alive = list(range(N))
+        X, K, S = x[f].clone(), keys[f].clone(), [1.0] * N
+        while len(alive) > k:
+            A, Bs = alive[0::2], alive[1::2]
+            r = min(len(alive) - k, len(A))
+            norm = K.norm(dim=-1).clamp_min(NORM_EPS)
+            pairs = []
+            for a in A:
+                sims = [float((K[a] @ K[b]) / (norm[a] * norm[b])) for b in Bs]
+                sims = [float("-inf") if v != v else v for v in sims]
+                j = max(range(len(Bs)), key=lambda q: (sims[q], -q))
+                pairs.append((sims[j], a, Bs[j]))
+            chosen = sorted(pairs, key=lambda e: (-e[0], e[1]))[:r]
+            for b in sorted({b for _, _, b in chosen}):
+                group = [a for _, a, bb in chosen if bb == b]
+                size = S[b] + sum(S[a] for a in group)
+                X[b] = (S[b] * X[b] + sum(S[a] * X[a] for a in group)) / size
+                K[b] = (S[b] * K[b] + sum(S[a] * K[a] for a in group)) / size
+                S[b] = size
+            merged = {a for _, a, _ in chosen}
+            alive = [i for i in alive if i not in merged]
+        rows.append(X[alive])
+        reps.append(torch.tensor(alive, dtype=torch.long) + f * N)
+    if not rows:
+        return tokens.new_zeros((0, D)), torch.zeros(0, dtype=torch.long, device=tokens.device)
+    return torch.cat(rows).to(tokens.dtype), torch.cat(reps).to(tokens.device)
 
 
 # ----------------------------------------------------------------------------------

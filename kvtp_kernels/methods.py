@@ -1,0 +1,82 @@
+"""Within-frame methods beyond top-k (METHOD.md section 3): ToMe, batched.
+
+:func:`tome_merge` runs bipartite soft matching in every frame of the batch at once,
+with no Python loop over frames and no host sync, on any device. It follows
+:func:`kvtp_kernels.reference.tome_ref` (the literal per-frame oracle) decision for
+decision; the speed comes from three observations:
+
+- the frames run in lockstep for a fixed number of rounds, ``ceil(log2 N) + 1``: each
+  round merges ``r = min(n - k, |A|)`` tokens of a frame with n > k, which at least
+  halves the excess, and a finished frame merges nothing (``r = 0``);
+- the keys never need re-reading: merging is linear, so the Gram matrix ``G = K K^T``
+  of the merged keys is the size-weighted merge of G's rows and then its columns, and
+  cosines come from ``G[a, b] / sqrt(G[a, a] G[b, b])``; one float64 Gram per frame
+  up front, O(N^2) per round after that;
+- tokens merge with one ``index_add_`` per round into their destination rows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .reference import NORM_EPS, rank_ref
+
+
+def tome_rounds(num_tokens: int) -> int:
+    """Rounds that bring any frame of N tokens down to any k >= 1."""
+    return math.ceil(math.log2(num_tokens)) + 1 if num_tokens > 1 else 0
+
+
+def tome_merge(tokens: torch.Tensor, merge_keys: torch.Tensor, counts: torch.Tensor, total_rows: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched ToMe: every frame merged down to ``counts`` tokens.
+
+    Args:
+        tokens: [B, T, N, D] any float dtype. merge_keys: [B, T, N, Dk].
+        counts: int32 [B, T], each in [0, N]. total_rows: ``counts.sum()`` (static size).
+
+    Returns:
+        (rows [total_rows, D] in the dtype of ``tokens``, survivors' flat indices int64
+        [total_rows]), in (video, frame, raster) order; math in float64.
+    """
+    B, T, N, D = tokens.shape
+    F, dev = B * T, tokens.device
+    X = tokens.reshape(F, N, D).double()
+    keys = merge_keys.reshape(F, N, -1).double()
+    G = keys @ keys.transpose(1, 2)  # [F, N, N]
+    S = torch.ones(F, N, dtype=torch.float64, device=dev)
+    alive = torch.ones(F, N, dtype=torch.bool, device=dev)
+    k = counts.reshape(F).long()
+    pos_in_frame = torch.arange(N, device=dev)
+    frame_base = torch.arange(F, device=dev)[:, None] * N
+    nan = torch.tensor(float("nan"), dtype=torch.float64, device=dev)
+    for _ in range(tome_rounds(N)):
+        n = alive.sum(dim=1)
+        parity = (alive.long().cumsum(dim=1) - 1) % 2
+        is_a, is_b = alive & (parity == 0), alive & (parity == 1)
+        r = torch.minimum(n - k, is_a.sum(dim=1)).clamp_min(0)
+        r = torch.where((k > 0) & is_b.any(dim=1), r, 0)
+        norm = torch.diagonal(G, dim1=1, dim2=2).clamp_min(0).sqrt().clamp_min(NORM_EPS)
+        cos = G / (norm[:, :, None] * norm[:, None, :])
+        cos = torch.where(torch.isnan(cos), float("-inf"), cos)
+        cos = torch.where(is_a[:, :, None] & is_b[:, None, :], cos, float("-inf"))
+        best, dest = cos.max(dim=2)  # the first maximum: ties go to the lower b
+        merged = is_a & (rank_ref(torch.where(is_a, best, nan)) < r[:, None])
+        # Size-weighted means into each destination: tokens, then rows and columns of G.
+        flat = (frame_base + torch.where(merged, dest, pos_in_frame)).reshape(-1)
+        size = torch.zeros(F * N, dtype=torch.float64, device=dev).index_add_(0, flat, S.reshape(-1)).view(F, N)
+        X = torch.zeros_like(X).view(F * N, D).index_add_(0, flat, (X * S[..., None]).view(F * N, D)).view(F, N, D)
+        G = torch.zeros_like(G).view(F * N, N).index_add_(0, flat, (G * S[..., None]).view(F * N, N)).view(F, N, N)
+        G = G.transpose(1, 2).contiguous()
+        G = torch.zeros_like(G).view(F * N, N).index_add_(0, flat, (G * S[..., None]).view(F * N, N)).view(F, N, N)
+        alive = alive & ~merged
+        size = torch.where(alive, size, 1.0)
+        X = X / size[..., None]
+        G = G / (size[:, :, None] * size[:, None, :])
+        S = torch.where(alive, size, 0.0)
+    alive = alive & (k[:, None] > 0)
+    # Survivors in raster order, without a sync: a stable sort puts them first.
+    order = torch.sort((~alive).reshape(-1).byte(), stable=True).indices[:total_rows]
+    return X.reshape(F * N, D)[order].to(tokens.dtype), order
