@@ -35,13 +35,15 @@ def prune_args(variant):
     return (tokens, scores, *no_embeds, None, counts, 0, int(counts.sum()), 2.0, 0)
 
 
-@pytest.mark.parametrize("backend", list(BACKEND_OPS))
+# The Triton ops' opcheck lives in test_prune_triton.py: under TRITON_INTERPRET the
+# interpreted kernel would run on the fake tensors of a trace, which needs a workaround.
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
 @pytest.mark.parametrize("variant", ["scores", "token_scores", "embeds", "frame_counts"])
 def test_opcheck_prune_tokens(backend, variant):
     torch.library.opcheck(_op(BACKEND_OPS[backend][1]), prune_args(variant))
 
 
-@pytest.mark.parametrize("backend", list(BACKEND_OPS))
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
 @pytest.mark.parametrize("paper", [False, True])
 def test_opcheck_keep_counts(backend, paper):
     scores = torch.randn(3, 9)

@@ -37,9 +37,8 @@ def assert_same(out, expected):
     torch.testing.assert_close(out.cu_seqlens, expected.cu_seqlens, rtol=0, atol=0)
     torch.testing.assert_close(out.frame_cu_seqlens, expected.frame_cu_seqlens, rtol=0, atol=0)
     assert out.tokens.dtype == expected.tokens.dtype
-    assert torch.equal(out.tokens.view(torch.uint8) if out.tokens.dtype != torch.float64 else out.tokens,
-                       expected.tokens.view(torch.uint8) if expected.tokens.dtype != torch.float64
-                       else expected.tokens), "token rows are not bit-identical"
+    assert torch.equal(out.tokens.view(torch.uint8), expected.tokens.view(torch.uint8)), \
+        "token rows are not bit-identical"
     assert out.max_seqlen == expected.max_seqlen
 
 
