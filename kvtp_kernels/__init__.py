@@ -11,14 +11,28 @@ from .video import load_video
 
 __version__ = "0.1.0"
 
+# The HF integration is loaded on first use (it never imports transformers at import time either).
+_INTEGRATION_NAMES = ("apply_kvtp", "remove_kvtp")
+
+
+def __getattr__(name: str):
+    if name in _INTEGRATION_NAMES:
+        from . import integrations
+
+        return getattr(integrations, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "PackedInputs",
     "PrunedTokens",
     "UnpackedRows",
+    "apply_kvtp",
     "keep_counts",
     "load_video",
     "pack_multimodal",
     "prune",
+    "remove_kvtp",
     "unpack",
     "__version__",
 ]

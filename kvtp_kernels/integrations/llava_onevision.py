@@ -1,0 +1,578 @@
+"""KVTP inside HF transformers' LLaVA-Video / LLaVA-OneVision (``LlavaOnevisionForConditionalGeneration``).
+
+One line keeps ``budget`` of every video's tokens in each ``forward`` and ``generate`` call::
+
+    from kvtp_kernels.integrations import apply_kvtp, remove_kvtp
+
+    model = LlavaOnevisionForConditionalGeneration.from_pretrained(...)
+    apply_kvtp(model, budget=0.2, predictor=predictor, processor=processor)
+    out = model.generate(**processor(text=prompt, videos=video, return_tensors="pt"), max_new_tokens=64)
+    print(model.kvtp_stats.summary())      # tokens and prefill FLOPs before / after
+    remove_kvtp(model)                     # the exact original model again
+
+What is patched, and why there
+------------------------------
+Pruning shortens the LLM's sequence, and that length is fixed by ``input_ids``
+before any vision feature exists: ``generate`` builds its attention mask,
+position ids, cache size and stopping lengths from it, and
+``get_placeholder_mask`` checks that features and placeholders have the same
+count. A hook on ``get_video_features`` alone could not shorten the sequence
+without leaving that bookkeeping at the unpruned length (the KV cache would hold
+L' entries while the mask and positions count L). The smallest patch that keeps
+everything consistent is therefore at the two entry points that receive
+``input_ids``: the instance's ``forward`` and ``generate`` are wrapped
+(``functools.wraps``: the signatures that ``generate`` inspects, e.g. for
+``mm_encoder_outputs`` and ``logits_to_keep``, are the originals'). No HF code
+is copied; the wrappers only use the model's own pieces:
+
+1. when video is present (``pixel_values_videos``, or ``mm_encoder_outputs["video"]``),
+   the prompt is embedded with ``get_input_embeddings()`` and the video
+   features come from the model's own ``get_video_features`` (vision tower,
+   projector, bilinear 2x pooling). HF appends one ``image_newline`` per video,
+   hence the default ``layout="video"``; ``layout="grid"`` gives original
+   LLaVA-Video's newline after every grid row that kept a token (grid width
+   sqrt(N)), with the model's ``image_newline`` as the newline embedding;
+2. :func:`~kvtp_kernels.integrations.core.prune_video_inputs` prunes every video
+   (``kvtp_kernels.prune``: K = floor(beta*T*N + 1/2) of its T*N tokens, newline
+   excluded) and splices it into its placeholder span (``pack_multimodal``):
+   the LLM gets K + 1 tokens per video (layout "video");
+3. the original ``forward`` / ``generate`` runs on ``inputs_embeds`` with the new
+   attention mask, without the video pixels. Image inputs (``pixel_values``) are
+   passed through untouched: the original code fills the image placeholders,
+   which are copied bit for bit and found by their embedding, as HF does for
+   ``inputs_embeds`` input. Samples without a video keep their text; a batch
+   without any video goes straight to the original methods.
+
+Consistency of ``generate`` and the KV cache: the pruned prompt is left-padded
+(what decoder-only generation needs) and handed to the original ``generate`` as
+``inputs_embeds`` + ``attention_mask``, so the mask, the position ids (the
+attention mask's cumulative sum, as ``generate`` computes them), the cache and
+every decoding step are built from the pruned length by HF itself. HF returns
+only the new tokens for ``inputs_embeds`` input; the wrapper prepends the prompt
+ids, so ``generate`` returns what the unpatched model returns (prompt ids + new
+tokens; in ``return_dict_in_generate`` outputs the ``sequences`` field).
+``max_length`` / ``min_length`` keep counting the original prompt (they are turned
+into ``max_new_tokens`` / ``min_new_tokens``). Differences that remain: a
+``streamer`` receives only the new tokens, and the returned ``past_key_values``
+hold the pruned prompt.
+
+``forward`` returns logits over the pruned sequence ([B, L', vocab]; the last
+position is still the last prompt token, for either padding side). ``labels``
+move with their text rows (-100 on video and newline rows). ``position_ids``:
+None stays None (the model's default, as unpatched); given ones are renumbered
+over the pruned sequence from each sample's first position.
+``outputs.video_hidden_states`` holds the kept video tokens [sum K, D].
+
+Frame scores and token importance
+---------------------------------
+With a :class:`~kvtp_kernels.predictor.FrameRelevancePredictor`, every video is
+scored against its query on the same frames, and the predictor's
+attention-pooling importance (resampled bilinearly to the LLM's pooled grid, as
+HF pools the tokens) picks the tokens inside each frame. Per call:
+
+- ``kvtp_query=``: a string for all samples, or a list with one per sample;
+  without it the query is the sample's prompt text, decoded with the tokenizer of
+  the ``processor`` given to :func:`apply_kvtp` (non-special, non-placeholder
+  tokens; with a chat template that includes the role words);
+- ``kvtp_frames=``: the raw uint8 frames [V, T, H, W, 3] (or a list of [T_v, H,
+  W, 3]; the predictor resizes them) or the predictor's pixel values
+  [V, T, 3, S, S]. Without it they are derived from ``pixel_values_videos`` by
+  undoing the ``processor``'s normalisation (its ``image_mean`` / ``image_std``)
+  and applying the predictor's, which needs frames of the predictor's image size.
+
+Without a predictor every frame gets the same score: each frame keeps K/T tokens
+(largest remainder for the rest), chosen by distinctiveness
+(``1 - cos(token, frame mean)``): plain per-frame top-k.
+
+Videos of different lengths: pass ``pixel_values_videos`` as a list of
+[T_v, 3, H, W] tensors (HF needs one tensor, so one length per batch); each video
+then needs ``T_v*N + 1`` placeholders. One video per sample.
+
+Accounting: after each call ``model.kvtp_stats`` is a
+:class:`~kvtp_kernels.integrations.core.KVTPStats` (tokens per sample and per
+video before/after, kept tokens per frame, LLM prefill FLOPs before/after from the
+model's text config, :mod:`~kvtp_kernels.integrations.flops`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import math
+from typing import Any
+
+import torch
+
+from .core import KVTPSettings, VideoPlacement, locate_videos, predictor_scores, prune_video_inputs, renormalize_pixels
+
+__all__ = ["MIN_TRANSFORMERS", "apply_kvtp", "is_kvtp_applied", "remove_kvtp"]
+
+#: Oldest transformers this integration supports (the generate/mm_encoder_outputs API of v5).
+MIN_TRANSFORMERS = (5, 0)
+#: Extra keyword arguments the patched forward / generate accept.
+KVTP_KWARGS = ("kvtp_query", "kvtp_frames")
+_PATCH_ATTR = "_kvtp_patch"
+_STATS_ATTR = "kvtp_stats"
+_PATCHED_METHODS = ("forward", "generate")
+
+
+def _fail(arg: str, expected: str, got: object) -> None:
+    raise ValueError(f"kvtp_kernels.integrations: `{arg}` must be {expected}; got {got}")
+
+
+def _describe(t: object) -> str:
+    if isinstance(t, torch.Tensor):
+        return f"a {t.dtype} tensor of shape {tuple(t.shape)}"
+    return type(t).__name__
+
+
+def _require_transformers():
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ImportError("kvtp_kernels.integrations.apply_kvtp needs transformers "
+                          f">= {'.'.join(map(str, MIN_TRANSFORMERS))} (pip install 'kvtp-kernels[hf]')") from exc
+    version = tuple(int(p) for p in transformers.__version__.split(".")[:2] if p.isdigit())
+    if version < MIN_TRANSFORMERS:
+        raise ImportError(f"kvtp_kernels.integrations.apply_kvtp supports transformers >= "
+                          f"{'.'.join(map(str, MIN_TRANSFORMERS))}; found {transformers.__version__}")
+    return transformers
+
+
+@dataclasses.dataclass
+class _Patch:
+    """What apply_kvtp keeps on the model (a plain object: the predictor is not registered as a submodule)."""
+
+    settings: KVTPSettings
+    predictor: Any
+    tokenizer: Any
+    pixel_mean: tuple[float, ...] | None
+    pixel_std: tuple[float, ...] | None
+    grid: int  # pooled grid side: N = grid * grid
+    saved: dict[str, tuple[bool, Any]]  # method -> (the instance had its own attribute, its value)
+
+
+# ----------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------
+def apply_kvtp(
+    model: Any,
+    *,
+    budget: float | int = 0.2,
+    predictor: Any = None,
+    temperature: float = 2.0,
+    allocation: str = "exact",
+    min_tokens_per_frame: int = 0,
+    layout: str | None = None,
+    processor: Any = None,
+    backend: str | None = None,
+    method: str = "topk",
+    merge: str = "paper",
+    num_neighbors: int | None = None,
+) -> Any:
+    """Patch one ``LlavaOnevisionForConditionalGeneration`` instance so every call prunes its videos with KVTP.
+
+    Args:
+        model: the model (LLaVA-Video / LLaVA-OneVision in HF format).
+        budget: float in (0, 1]: keep ``K = floor(beta*T*N + 1/2)`` of each video's
+            T*N tokens (the newline is extra); int: K itself.
+        predictor: a :class:`~kvtp_kernels.predictor.FrameRelevancePredictor`, or
+            None for uniform frame scores (plain per-frame top-k by distinctiveness).
+        temperature, allocation, min_tokens_per_frame: as :func:`kvtp_kernels.prune`.
+        layout: newline layout of the pruned video: None / "video" (HF's one newline
+            per video), "grid" (original LLaVA-Video: after every grid row that kept
+            a token), "frame" or "none".
+        processor: optional HF processor or tokenizer: its tokenizer decodes the
+            prompt into the predictor's query (when ``kvtp_query`` is not given),
+            its video processor's ``image_mean`` / ``image_std`` let the predictor's
+            frames be derived from ``pixel_values_videos`` (when ``kvtp_frames`` is
+            not given).
+        backend: ``kvtp_kernels.prune``'s backend (None: by device).
+        method, merge, num_neighbors: the within-frame method, as
+            :func:`kvtp_kernels.prune`: "topk" (default), "prumerge" (the paper's
+            best; needs the predictor's token importance as its merge weights),
+            "tome" or "random".
+
+    Returns:
+        the same model (patched in place); :func:`remove_kvtp` undoes it exactly.
+
+    Raises:
+        ImportError: transformers missing or older than 5.0.
+        TypeError: a model that is not a LlavaOnevisionForConditionalGeneration
+            (e.g. one without video input), a predictor of the wrong type.
+        ValueError: a budget out of range, a bad layout/allocation/temperature.
+        RuntimeError: the model is already patched.
+    """
+    transformers = _require_transformers()
+    supported = transformers.LlavaOnevisionForConditionalGeneration
+    if not isinstance(model, supported):
+        name = type(model).__name__
+        if not callable(getattr(model, "get_video_features", None)):
+            raise TypeError(f"kvtp_kernels.integrations.apply_kvtp: `model` must be a video VLM "
+                            f"({supported.__name__}); got {name}, which has no video input (no get_video_features)")
+        raise TypeError(f"kvtp_kernels.integrations.apply_kvtp: `model` must be a {supported.__name__} (LLaVA-Video, "
+                        f"LLaVA-OneVision); {name} is not wired yet (kvtp_kernels.integrations.core explains how)")
+    if _PATCH_ATTR in model.__dict__:
+        raise RuntimeError("kvtp_kernels.integrations.apply_kvtp: the model is already patched; call "
+                           "remove_kvtp(model) first to change the settings")
+    settings = KVTPSettings(budget, temperature, allocation, min_tokens_per_frame,
+                            "video" if layout is None else layout, backend, method, merge, num_neighbors)
+    if method == "prumerge" and predictor is None:
+        raise ValueError("kvtp_kernels.integrations.apply_kvtp: `method` 'prumerge' needs a `predictor`: its token "
+                         "importance (SigLIP attention pooling) gives the merge weights; got predictor=None")
+    if predictor is not None:
+        from ..predictor import FrameRelevancePredictor
+
+        if not isinstance(predictor, FrameRelevancePredictor):
+            raise TypeError(f"kvtp_kernels.integrations.apply_kvtp: `predictor` must be a FrameRelevancePredictor "
+                            f"or None; got {type(predictor).__name__}")
+    tokenizer, mean, std = _from_processor(processor)
+    vision = model.config.vision_config
+    grid = math.ceil((vision.image_size // vision.patch_size) / 2)  # HF's apply_pooling: bilinear to ceil(g/2)
+
+    saved = {name: (name in model.__dict__, model.__dict__.get(name)) for name in _PATCHED_METHODS}
+    patch = _Patch(settings, predictor, tokenizer, mean, std, grid, saved)
+    original_forward, original_generate = model.forward, model.generate
+    model.__dict__[_PATCH_ATTR] = patch
+    model.__dict__[_STATS_ATTR] = None
+    model.__dict__["forward"] = _wrap_forward(model, patch, original_forward)
+    model.__dict__["generate"] = _wrap_generate(model, patch, original_generate)
+    return model
+
+
+def remove_kvtp(model: Any) -> Any:
+    """Undo :func:`apply_kvtp`: the instance's ``forward`` / ``generate`` are what they were, no attribute is left.
+
+    Raises:
+        ValueError: the model is not patched.
+    """
+    patch = getattr(model, "__dict__", {}).get(_PATCH_ATTR)
+    if patch is None:
+        raise ValueError("kvtp_kernels.integrations.remove_kvtp: `model` is not patched by apply_kvtp")
+    for name, (had_own, value) in patch.saved.items():
+        if had_own:
+            model.__dict__[name] = value
+        else:
+            model.__dict__.pop(name, None)
+    model.__dict__.pop(_PATCH_ATTR)
+    model.__dict__.pop(_STATS_ATTR, None)
+    return model
+
+
+def is_kvtp_applied(model: Any) -> bool:
+    """Whether :func:`apply_kvtp` patched this instance."""
+    return _PATCH_ATTR in getattr(model, "__dict__", {})
+
+
+# ----------------------------------------------------------------------------------
+# Wrappers
+# ----------------------------------------------------------------------------------
+def _bind(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """Positional and keyword arguments of a call -> one keyword dict (its **kwargs flattened)."""
+    bound = signature.bind(*args, **kwargs)
+    call = {}
+    for name, value in bound.arguments.items():
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            call.update(value)
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                raise TypeError(f"kvtp_kernels.integrations: unexpected extra positional arguments {value!r}")
+        else:
+            call[name] = value
+    return call
+
+
+def _has_video(call: dict) -> bool:
+    mm = call.get("mm_encoder_outputs") or {}
+    return call.get("pixel_values_videos") is not None or mm.get("video") is not None
+
+
+def _call(signature: inspect.Signature, args: tuple, kwargs: dict) -> tuple[dict | None, Any]:
+    """-> (the bound call when it has video, else None, and the kvtp keyword arguments)."""
+    extra = tuple(kwargs.pop(name, None) for name in KVTP_KWARGS)
+    if not args and not _has_video(kwargs):  # the common case (e.g. every decoding step): no binding
+        return None, extra
+    call = _bind(signature, args, kwargs)
+    return (call if _has_video(call) else None), extra
+
+
+def _without_video(call: dict) -> None:
+    """Drop the video inputs (the pruned tokens are in inputs_embeds)."""
+    for key in ("input_ids", "pixel_values_videos", "image_sizes_videos", "inputs_embeds"):
+        call.pop(key, None)
+    mm = call.get("mm_encoder_outputs")
+    if mm is not None and mm.get("video") is not None:
+        rest = {k: v for k, v in mm.items() if k != "video"}
+        call["mm_encoder_outputs"] = rest or None
+
+
+def _wrap_forward(model, patch: _Patch, original):
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def forward(*args, **kwargs):
+        call, (query, frames) = _call(signature, args, kwargs)
+        if call is None:
+            return original(*args, **kwargs)
+        cache = call.get("past_key_values")
+        if cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0:
+            raise ValueError("kvtp_kernels.integrations: video input with a non-empty `past_key_values` is not "
+                             "supported (the pruned prompt must be the first thing in the cache); use generate(), "
+                             "or run the video prompt first")
+        user_mask, user_positions, labels = call.get("attention_mask"), call.get("position_ids"), call.get("labels")
+        result, placement = _prepare(model, patch, call, query, frames, padding_side=None, labels=labels)
+        _without_video(call)
+        call["inputs_embeds"] = result.inputs_embeds
+        mask = result.attention_mask
+        call["attention_mask"] = None if user_mask is None and bool(mask.ne(0).all()) else mask
+        if user_positions is not None:
+            call["position_ids"] = _renumber_positions(user_positions, result.position_ids, result.attention_mask,
+                                                       placement)
+        if labels is not None:
+            call["labels"] = result.labels
+        out = original(**call)
+        if hasattr(out, "keys") and hasattr(out, "__setitem__"):
+            out["video_hidden_states"] = result.pruned.tokens
+        return out
+
+    return forward
+
+
+def _wrap_generate(model, patch: _Patch, original):
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def generate(*args, **kwargs):
+        call, (query, frames) = _call(signature, args, kwargs)
+        if call is None:
+            return original(*args, **kwargs)
+        prompt_ids = call.pop("inputs", None)
+        if prompt_ids is None:
+            prompt_ids = call.get("input_ids")
+        if prompt_ids is not None:
+            if not isinstance(prompt_ids, torch.Tensor) or prompt_ids.dim() != 2 or prompt_ids.is_floating_point():
+                _fail("input_ids", "an integer [B, L] tensor", _describe(prompt_ids))
+            call["input_ids"] = prompt_ids
+        with torch.no_grad():  # as HF's generate, which runs under no_grad
+            result, _ = _prepare(model, patch, call, query, frames, padding_side="left", labels=None)
+        _without_video(call)
+        call.pop("position_ids", None)  # generate derives them from the new mask (cumsum), as packed
+        call["inputs_embeds"] = result.inputs_embeds
+        call["attention_mask"] = result.attention_mask
+        if prompt_ids is not None:
+            _count_lengths_from_prompt(model, call, prompt_ids.shape[1])
+        out = original(**call)
+        if prompt_ids is None:
+            return out
+        sequences = out if isinstance(out, torch.Tensor) else out.sequences
+        repeat = sequences.shape[0] // prompt_ids.shape[0]  # num_return_sequences / beams
+        prompt = prompt_ids.to(sequences.device).repeat_interleave(repeat, dim=0)
+        full = torch.cat([prompt, sequences], dim=1)
+        if isinstance(out, torch.Tensor):
+            return full
+        out.sequences = full
+        return out
+
+    return generate
+
+
+def _count_lengths_from_prompt(model, call: dict, prompt_len: int) -> None:
+    """``max_length`` / ``min_length`` count the prompt: keep counting the unpruned one."""
+    config = call.get("generation_config")
+
+    def setting(name):
+        if call.get(name) is not None:
+            return call[name]
+        if config is not None and getattr(config, name, None) is not None:
+            return getattr(config, name)
+        return getattr(model.generation_config, name, None)
+
+    if setting("max_new_tokens") is None and (max_length := setting("max_length")) is not None:
+        if max_length <= prompt_len:
+            raise ValueError(f"Input length of input_ids is {prompt_len}, but `max_length` is set to {max_length}. "
+                             "Increase `max_length` or, better yet, set `max_new_tokens`.")
+        call.pop("max_length", None)
+        call["max_new_tokens"] = max_length - prompt_len
+    if setting("min_new_tokens") is None and (min_length := setting("min_length")):
+        call.pop("min_length", None)
+        call["min_new_tokens"] = max(min_length - prompt_len, 0)
+
+
+def _renumber_positions(user: torch.Tensor, packed: torch.Tensor, mask: torch.Tensor,
+                        placement: VideoPlacement) -> torch.Tensor:
+    """Contiguous positions over the pruned sequence, starting at each sample's first given position."""
+    if not isinstance(user, torch.Tensor) or user.dim() != 2:
+        _fail("position_ids", "a [B, L] tensor (1-D RoPE positions)", _describe(user))
+    first = torch.tensor(placement.first_positions, dtype=torch.long, device=user.device)
+    start = user.gather(1, first[:, None]).to(packed.device)
+    return torch.where(mask.ne(0), packed + start, torch.zeros_like(packed))
+
+
+# ----------------------------------------------------------------------------------
+# Building the pruned inputs
+# ----------------------------------------------------------------------------------
+def _from_processor(processor: Any) -> tuple[Any, tuple | None, tuple | None]:
+    """-> (tokenizer or None, pixel mean, pixel std) of a processor / tokenizer / None."""
+    if processor is None:
+        return None, None, None
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is None and callable(getattr(processor, "decode", None)):
+        tokenizer = processor
+    mean = std = None
+    for source in (getattr(processor, "video_processor", None), getattr(processor, "image_processor", None),
+                   processor):
+        m, s = getattr(source, "image_mean", None), getattr(source, "image_std", None)
+        if source is not None and m is not None and s is not None:
+            mean, std = tuple(float(x) for x in m), tuple(float(x) for x in s)
+            break
+    if tokenizer is None and mean is None:
+        raise TypeError(f"kvtp_kernels.integrations.apply_kvtp: `processor` must be an HF processor or tokenizer "
+                        f"(with a tokenizer, or image_mean/image_std); got {type(processor).__name__}")
+    return tokenizer, mean, std
+
+
+def _video_features(model, patch: _Patch, call: dict) -> list[torch.Tensor]:
+    """The model's own video features, split per video: V tensors [T_v, N, D] (newline row removed)."""
+    N = patch.grid * patch.grid
+    mm = call.get("mm_encoder_outputs") or {}
+    if mm.get("video") is not None:
+        pooled = getattr(mm["video"], "pooler_output", mm["video"])
+        if not isinstance(pooled, torch.Tensor) or pooled.dim() != 3 or (pooled.shape[1] - 1) % N:
+            _fail("mm_encoder_outputs['video'].pooler_output", f"a [V, T*N + 1, D] tensor with N = {N}",
+                  _describe(pooled))
+        T = (pooled.shape[1] - 1) // N
+        return [f[: T * N].reshape(T, N, -1) for f in pooled.unbind(0)]
+    videos = call["pixel_values_videos"]
+    if isinstance(videos, torch.Tensor):
+        if videos.dim() != 5:
+            _fail("pixel_values_videos", "a [V, T, 3, H, W] tensor or a list of [T_v, 3, H, W] tensors",
+                  _describe(videos))
+        videos = list(videos.unbind(0))
+    elif isinstance(videos, (list, tuple)) and len(videos) > 0:
+        videos = [v[0] if isinstance(v, torch.Tensor) and v.dim() == 5 and v.shape[0] == 1 else v for v in videos]
+        for i, v in enumerate(videos):
+            if not isinstance(v, torch.Tensor) or v.dim() != 4 or v.shape[0] == 0:
+                _fail(f"pixel_values_videos[{i}]", "a [T_v, 3, H, W] tensor", _describe(v))
+    else:
+        _fail("pixel_values_videos", "a [V, T, 3, H, W] tensor or a non-empty list of [T_v, 3, H, W]",
+              _describe(videos))
+    groups: dict[tuple, list[int]] = {}
+    for i, v in enumerate(videos):
+        groups.setdefault(tuple(v.shape), []).append(i)
+    features: list[Any] = [None] * len(videos)
+    for shape, ids in groups.items():
+        T = shape[0]
+        pixels = torch.stack([videos[i] for i in ids]) if len(ids) > 1 else videos[ids[0]][None]
+        out = model.get_video_features(
+            pixel_values_videos=pixels, vision_feature_layer=call.get("vision_feature_layer"),
+            vision_feature_select_strategy=call.get("vision_feature_select_strategy"), return_dict=True)
+        pooled = out.pooler_output
+        if pooled.shape[1] != T * N + 1:
+            raise RuntimeError(f"kvtp_kernels.integrations: get_video_features returned {pooled.shape[1]} tokens per "
+                               f"video, expected T*N + 1 = {T}*{N} + 1 (this transformers version pools differently)")
+        for j, i in enumerate(ids):
+            features[i] = pooled[j, : T * N].reshape(T, N, -1)
+    return features
+
+
+def _queries(patch: _Patch, query: Any, input_ids, attention_mask, video_mask, placement: VideoPlacement,
+             image_token_id: int) -> list[Any]:
+    """One query per video: ``kvtp_query`` (str, or one per sample) or the decoded prompt."""
+    B = len(placement.sample_to_video)
+    pairs = [(b, v) for b, v in enumerate(placement.sample_to_video) if v >= 0]
+    if query is not None:
+        if isinstance(query, str):
+            return [query] * len(pairs)
+        if not isinstance(query, (list, tuple)) or len(query) != B:
+            _fail("kvtp_query", f"a string or a list of B = {B} strings (one per sample)",
+                  repr(query) if not isinstance(query, (list, tuple)) else f"a list of {len(query)}")
+        return [query[b] for b, _ in sorted(pairs, key=lambda p: p[1])]
+    if patch.tokenizer is None or input_ids is None:
+        _fail("kvtp_query", "given (the predictor needs each video's question), or apply_kvtp(..., processor=) "
+              "given so that the prompt can be decoded", "neither")
+    keep = ~video_mask.bool() & input_ids.ne(image_token_id)
+    if attention_mask is not None:
+        keep &= attention_mask.ne(0)
+    queries: list[Any] = [None] * len(pairs)
+    for b, v in pairs:
+        text = patch.tokenizer.decode(input_ids[b][keep[b]].tolist(), skip_special_tokens=True).strip()
+        if not text:
+            _fail("kvtp_query", f"given for sample {b}, whose prompt has no text to use as the query", "None")
+        queries[v] = text
+    return queries
+
+
+def _predictor_frames(patch: _Patch, frames: Any, call: dict, frame_counts: list[int]) -> list[torch.Tensor]:
+    """V frame tensors for the predictor: ``kvtp_frames`` or the re-normalised ``pixel_values_videos``."""
+    V = len(frame_counts)
+    S = patch.predictor.image_size
+    if frames is not None:
+        if isinstance(frames, torch.Tensor) and frames.dim() == 4 and V == 1:
+            frames = [frames]
+        if isinstance(frames, torch.Tensor) and frames.dim() == 5:
+            frames = list(frames.unbind(0))
+        if not isinstance(frames, (list, tuple)) or len(frames) != V:
+            _fail("kvtp_frames", f"V = {V} videos: [V, T, H, W, 3] uint8 / [V, T, 3, {S}, {S}] float, or a list",
+                  _describe(frames) if not isinstance(frames, (list, tuple)) else f"a list of {len(frames)}")
+        frames = [f if isinstance(f, torch.Tensor) else torch.as_tensor(f) for f in frames]
+        for v, f in enumerate(frames):
+            if f.dim() < 1 or f.shape[0] != frame_counts[v]:
+                _fail(f"kvtp_frames[{v}]", f"{frame_counts[v]} frames (those of video {v})", _describe(f))
+        return frames
+    videos = call.get("pixel_values_videos")
+    if videos is None:
+        _fail("kvtp_frames", "given with mm_encoder_outputs (the predictor needs the frames)", "None")
+    videos = list(videos.unbind(0)) if isinstance(videos, torch.Tensor) else [
+        v[0] if v.dim() == 5 else v for v in videos]
+    size = tuple(videos[0].shape[-2:])
+    if size != (S, S):
+        _fail("predictor", f"a predictor whose image size matches the video frames ({size[0]}x{size[1]} in "
+              "pixel_values_videos), or pass kvtp_frames= with the raw uint8 frames (the predictor resizes them)",
+              f"a predictor with image_size {S}")
+    if patch.pixel_mean is None:
+        _fail("kvtp_frames", "given, or apply_kvtp(..., processor=) given so that pixel_values_videos can be "
+              "re-normalised for the predictor (its image_mean / image_std)", "neither")
+    config = patch.predictor.config
+    return [renormalize_pixels(v, patch.pixel_mean, patch.pixel_std, config.image_mean, config.image_std)
+            for v in videos]
+
+
+def _prepare(model, patch: _Patch, call: dict, query: Any, frames: Any, *, padding_side: str | None,
+             labels: torch.Tensor | None):
+    """The pruned inputs of one call -> (VideoPruneResult, VideoPlacement); records model.kvtp_stats."""
+    input_ids, inputs_embeds = call.get("input_ids"), call.get("inputs_embeds")
+    attention_mask = call.get("attention_mask")
+    embed = model.get_input_embeddings()
+    config = model.config
+    if input_ids is None and inputs_embeds is None:
+        _fail("input_ids", "given (or inputs_embeds) with video input", "neither")
+    if inputs_embeds is None:
+        inputs_embeds = embed(input_ids)
+    if input_ids is not None:
+        video_mask = input_ids.to(inputs_embeds.device) == config.video_token_id
+    else:  # as HF does for embeddings input: the placeholders are the video token's embedding
+        token = embed(torch.tensor(config.video_token_id, device=inputs_embeds.device))
+        video_mask = (inputs_embeds == token).all(-1)
+    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2):
+        _fail("attention_mask", "a 2-D [B, L] mask with video input (4-D masks are not supported)",
+              _describe(attention_mask))
+
+    features = _video_features(model, patch, call)
+    placement = locate_videos(video_mask, attention_mask, len(features))
+    frame_counts = [f.shape[0] for f in features]
+    scores = token_scores = None
+    if patch.predictor is not None:
+        queries = _queries(patch, query, input_ids, attention_mask, video_mask, placement, config.image_token_id)
+        predictor_frames = _predictor_frames(patch, frames, call, frame_counts)
+        scores, token_scores = predictor_scores(patch.predictor, predictor_frames, queries,
+                                                token_grid=(patch.grid, patch.grid), token_pool="bilinear")
+    N = patch.grid * patch.grid
+    result = prune_video_inputs(
+        inputs_embeds, video_mask, features, attention_mask=attention_mask, scores=scores, token_scores=token_scores,
+        settings=patch.settings, newline=model.model.image_newline, grid_width=patch.grid,
+        placeholders_per_video=[T * N + 1 for T in frame_counts], padding_side=padding_side, labels=labels,
+        placement=placement, flops_config=config)
+    model.__dict__[_STATS_ATTR] = result.stats
+    return result, placement
