@@ -227,12 +227,13 @@ if HAS_CPP:
 # Triton ops: optional (triton may be missing, e.g. on a CPU-only install).
 # ----------------------------------------------------------------------------------
 try:
+    from .kernels import merge_triton as _merge_triton  # registers kvtp::merge_neighbors_triton
     from .kernels import prune_triton as _prune_triton  # registers the *_triton ops
 
     HAS_TRITON = True
     TRITON_IMPORT_ERROR: str | None = None
 except ImportError as exc:
-    _prune_triton = None
+    _prune_triton = _merge_triton = None
     HAS_TRITON = False
     TRITON_IMPORT_ERROR = str(exc)
 

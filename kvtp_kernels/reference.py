@@ -309,12 +309,14 @@ def prumerge_ref(
     neighbor = (rank < num_neighbors) & (torch.arange(N, device=tokens.device) != token[:, None])
     aj = torch.where(neighbor, a[frame], 0.0)  # [R, N]
     xi = x[frame, token]
+    # Non-neighbours are zeroed, not multiplied by 0: a NaN/inf token nobody picked stays out.
+    xj = torch.where(neighbor[..., None], x[frame], 0.0)  # [R, N, D]
     if mean:
         w = a[frame, token] + aj.sum(dim=-1)
         coef = torch.where(w[:, None] != 0, aj / torch.where(w != 0, w, 1.0)[:, None], 0.0)
-        y = xi + torch.einsum("rn,rnd->rd", coef, x[frame] - xi[:, None, :])
+        y = xi + torch.einsum("rn,rnd->rd", coef, torch.where(neighbor[..., None], xj - xi[:, None, :], 0.0))
     else:
-        y = xi + torch.einsum("rn,rnd->rd", aj, x[frame])
+        y = xi + torch.einsum("rn,rnd->rd", aj, xj)
     return y.to(tokens.dtype)
 
 

@@ -203,3 +203,18 @@ def test_opcheck_merge_ops(backend):
     counts = torch.tensor([[3, 0, 11], [1, 2, 5]], dtype=torch.int32)
     name = "tome_merge_ref" if backend == "reference" else "tome_merge"
     torch.library.opcheck(getattr(torch.ops.kvtp, name).default, (tokens, keys, counts, 22))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+@pytest.mark.parametrize("merge", ["paper", "mean"])
+def test_prumerge_unpicked_nan_token_stays_out(backend, merge):
+    """A NaN token that is nobody's neighbour must not leak into the merged rows."""
+    x = torch.randn(1, 1, 6, 3)
+    x[0, 0, 5] = float("nan")
+    keys = torch.randn(1, 1, 6, 4)
+    keys[0, 0, 1] = keys[0, 0, 0] * 1.01  # token 0's nearest other token is 1
+    a = torch.rand(1, 1, 6)
+    a[0, 0, 0] = 1.0  # kept
+    out = kvtp_kernels.prune(x, torch.zeros(1, 1), 1, token_scores=a, method="prumerge", merge=merge,
+                             merge_keys=keys, num_neighbors=1, backend=backend)
+    assert out.indices.tolist() == [0] and torch.isfinite(out.tokens).all()
