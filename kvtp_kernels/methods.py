@@ -12,7 +12,8 @@ decision; the speed comes from three observations:
   of the merged keys is the size-weighted merge of G's rows and then its columns, and
   cosines come from ``G[a, b] / sqrt(G[a, a] G[b, b])``; one float64 Gram per frame
   up front, O(N^2) per round after that;
-- tokens merge with one ``index_add_`` per round into their destination rows.
+- tokens are touched once, at the end: sizes start at 1, so a survivor is the plain
+  mean of the original tokens it absorbed; the rounds only track who merged into whom.
 """
 
 from __future__ import annotations
@@ -39,15 +40,16 @@ def tome_merge(tokens: torch.Tensor, merge_keys: torch.Tensor, counts: torch.Ten
 
     Returns:
         (rows [total_rows, D] in the dtype of ``tokens``, survivors' flat indices int64
-        [total_rows]), in (video, frame, raster) order; math in float64.
+        [total_rows]), in (video, frame, raster) order; decisions in float64, the
+        members' sums in float32.
     """
     B, T, N, D = tokens.shape
     F, dev = B * T, tokens.device
-    X = tokens.reshape(F, N, D).double()
     keys = merge_keys.reshape(F, N, -1).double()
-    G = keys @ keys.transpose(1, 2)  # [F, N, N]
-    S = torch.ones(F, N, dtype=torch.float64, device=dev)
+    G = keys @ keys.transpose(1, 2)  # [F, N, N] Gram of the (merged) keys
+    S = torch.ones(F, N, dtype=torch.float64, device=dev)  # sizes
     alive = torch.ones(F, N, dtype=torch.bool, device=dev)
+    owner = torch.arange(N, device=dev).expand(F, N).clone()  # the survivor each original token merged into
     k = counts.reshape(F).long()
     pos_in_frame = torch.arange(N, device=dev)
     frame_base = torch.arange(F, device=dev)[:, None] * N
@@ -64,19 +66,28 @@ def tome_merge(tokens: torch.Tensor, merge_keys: torch.Tensor, counts: torch.Ten
         cos = torch.where(is_a[:, :, None] & is_b[:, None, :], cos, float("-inf"))
         best, dest = cos.max(dim=2)  # the first maximum: ties go to the lower b
         merged = is_a & (rank_ref(torch.where(is_a, best, nan)) < r[:, None])
-        # Size-weighted means into each destination: tokens, then rows and columns of G.
-        flat = (frame_base + torch.where(merged, dest, pos_in_frame)).reshape(-1)
+        target = torch.where(merged, dest, pos_in_frame)  # [F, N]: where each current token goes
+        owner = target.gather(1, owner)
+        # Size-weighted means of the keys' Gram: rows, then columns (merging is linear).
+        flat = (frame_base + target).reshape(-1)
         size = torch.zeros(F * N, dtype=torch.float64, device=dev).index_add_(0, flat, S.reshape(-1)).view(F, N)
-        X = torch.zeros_like(X).view(F * N, D).index_add_(0, flat, (X * S[..., None]).view(F * N, D)).view(F, N, D)
         G = torch.zeros_like(G).view(F * N, N).index_add_(0, flat, (G * S[..., None]).view(F * N, N)).view(F, N, N)
         G = G.transpose(1, 2).contiguous()
         G = torch.zeros_like(G).view(F * N, N).index_add_(0, flat, (G * S[..., None]).view(F * N, N)).view(F, N, N)
         alive = alive & ~merged
         size = torch.where(alive, size, 1.0)
-        X = X / size[..., None]
         G = G / (size[:, :, None] * size[:, None, :])
         S = torch.where(alive, size, 0.0)
     alive = alive & (k[:, None] > 0)
+    # Every size starts at 1, so a survivor is the plain mean of the original tokens it
+    # absorbed: one pass over the tokens at the end instead of one per round, summed
+    # straight into the output slots (float32 sums of a few rows; the oracle is float64).
+    alive_flat = alive.reshape(-1)
+    slot = torch.where(alive_flat, alive_flat.long().cumsum(0) - 1, total_rows)  # dead frames: a spare row
+    member_slot = slot[(frame_base + owner).reshape(-1)]
+    sums = torch.zeros(total_rows + 1, D, dtype=torch.float32, device=dev).index_add_(
+        0, member_slot, tokens.reshape(F * N, D).float())[:total_rows]
     # Survivors in raster order, without a sync: a stable sort puts them first.
-    order = torch.sort((~alive).reshape(-1).byte(), stable=True).indices[:total_rows]
-    return X.reshape(F * N, D)[order].to(tokens.dtype), order
+    order = torch.sort((~alive_flat).byte(), stable=True).indices[:total_rows]
+    rows = sums.double() / S.reshape(-1)[order, None]
+    return rows.to(tokens.dtype), order

@@ -309,14 +309,20 @@ def prumerge_ref(
     neighbor = (rank < num_neighbors) & (torch.arange(N, device=tokens.device) != token[:, None])
     aj = torch.where(neighbor, a[frame], 0.0)  # [R, N]
     xi = x[frame, token]
-    # Non-neighbours are zeroed, not multiplied by 0: a NaN/inf token nobody picked stays out.
-    xj = torch.where(neighbor[..., None], x[frame], 0.0)  # [R, N, D]
     if mean:
         w = a[frame, token] + aj.sum(dim=-1)
         coef = torch.where(w[:, None] != 0, aj / torch.where(w != 0, w, 1.0)[:, None], 0.0)
-        y = xi + torch.einsum("rn,rnd->rd", coef, torch.where(neighbor[..., None], xj - xi[:, None, :], 0.0))
     else:
-        y = xi + torch.einsum("rn,rnd->rd", aj, xj)
+        coef = aj
+    # Rows in chunks of ~256 MB of [rows, N, D] float64. Non-neighbours are zeroed, not
+    # multiplied by 0: a NaN/inf token nobody picked stays out.
+    y = torch.empty_like(xi)
+    step = max(1, 2**25 // max(1, N * D))
+    for lo in range(0, indices.shape[0], step):
+        sl = slice(lo, lo + step)
+        xj = x[frame[sl]] - xi[sl, None, :] if mean else x[frame[sl]]  # [rows, N, D]
+        xj = torch.where(neighbor[sl, :, None], xj, 0.0)
+        y[sl] = xi[sl] + torch.einsum("rn,rnd->rd", coef[sl], xj)
     return y.to(tokens.dtype)
 
 
