@@ -5,6 +5,7 @@
 // to the lower index, NaN last) are folded into it:
 //   mean == false ("paper"): y_i = x_i + sum_j a_j x_j
 //   mean == true:            y_i = x_i + sum_j (a_j / W) (x_j - x_i),  W = a_i + sum_j a_j
+// Sums are float for 16-bit tokens, double otherwise, rounded once to the output dtype.
 // Reference: kvtp_kernels/reference.py prumerge_ref.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -24,8 +25,10 @@ namespace {
 // [R, N]. One GEMM per run of rows from the same frame (rows come frame by frame).
 at::Tensor kept_cosines(const at::Tensor& merge_keys, const at::Tensor& indices, int64_t N) {
   const int64_t F = merge_keys.size(0) * merge_keys.size(1), Dk = merge_keys.size(3), R = indices.size(0);
-  at::Tensor keys = merge_keys.reshape({F, N, Dk}).to(at::kDouble);
-  keys = keys / keys.norm(2, {-1}, /*keepdim=*/true).clamp_min(kNormEps);
+  const at::Tensor keys = merge_keys.reshape({F, N, Dk}).to(at::kDouble);
+  // cos = <k_i, k_j> / (max(|k_i|, eps) max(|k_j|, eps)): the GEMM on raw keys, then one
+  // scaling of the [R, N] block (cheaper than normalising all B*T*N keys first).
+  const at::Tensor inv_norm = keys.norm(2, {-1}).clamp_min(kNormEps).reciprocal();  // [F, N]
   at::Tensor cos = at::empty({R, N}, keys.options());
   const int64_t* idx = indices.data_ptr<int64_t>();
   for (int64_t r0 = 0; r0 < R;) {
@@ -36,10 +39,25 @@ at::Tensor kept_cosines(const at::Tensor& merge_keys, const at::Tensor& indices,
     const at::Tensor rows = indices.slice(0, r0, r1) - f * N;
     at::Tensor block = cos.slice(0, r0, r1);
     at::mm_out(block, frame_keys.index_select(0, rows), frame_keys.t());
+    block.mul_(inv_norm[f].index_select(0, rows).unsqueeze(1)).mul_(inv_norm[f].unsqueeze(0));
     r0 = r1;
   }
   return cos;
 }
+
+// Sums in float for 16-bit tokens, in double for float/double tokens (rounded once).
+template <typename scalar_t>
+struct MergeAcc {
+  using type = double;
+};
+template <>
+struct MergeAcc<c10::Half> {
+  using type = float;
+};
+template <>
+struct MergeAcc<c10::BFloat16> {
+  using type = float;
+};
 
 template <typename scalar_t>
 void merge_rows(const at::Tensor& tokens, const double* weights, const int64_t* idx, const double* cos, int64_t R,
@@ -50,7 +68,8 @@ void merge_rows(const at::Tensor& tokens, const double* weights, const int64_t* 
   scalar_t* dst = out.data_ptr<scalar_t>();
   at::parallel_for(0, R, 1, [&](int64_t r0, int64_t r1) {
     std::vector<int64_t> others(N > 0 ? N - 1 : 0);
-    std::vector<double> acc(D);
+    using acc_t = typename MergeAcc<scalar_t>::type;
+    std::vector<acc_t> acc(D), xi_acc(D);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t f = idx[r] / N, i = idx[r] % N;
       const scalar_t* frame = src + (f / T) * sb + (f % T) * st;
@@ -66,16 +85,16 @@ void merge_rows(const at::Tensor& tokens, const double* weights, const int64_t* 
       const scalar_t* xi = frame + i * sn;
       double total = a[i];
       for (int64_t n = 0; n < num_neighbors; ++n) total += a[others[n]];
-      for (int64_t d = 0; d < D; ++d) acc[d] = to_double(xi[d * sd]);
+      for (int64_t d = 0; d < D; ++d) xi_acc[d] = acc[d] = static_cast<acc_t>(xi[d * sd]);
       if (!mean || total != 0.0) {
         for (int64_t n = 0; n < num_neighbors; ++n) {
           const int64_t j = others[n];
           const scalar_t* xj = frame + j * sn;
+          const acc_t w = static_cast<acc_t>(mean ? a[j] / total : a[j]);
           if (mean) {
-            const double w = a[j] / total;
-            for (int64_t d = 0; d < D; ++d) acc[d] += w * (to_double(xj[d * sd]) - to_double(xi[d * sd]));
+            for (int64_t d = 0; d < D; ++d) acc[d] += w * (static_cast<acc_t>(xj[d * sd]) - xi_acc[d]);
           } else {
-            for (int64_t d = 0; d < D; ++d) acc[d] += a[j] * to_double(xj[d * sd]);
+            for (int64_t d = 0; d < D; ++d) acc[d] += w * static_cast<acc_t>(xj[d * sd]);
           }
         }
       }
