@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import kvtp_kernels
-from bench import bench_methods, bench_pack, bench_prune
+from bench import bench_e2e, bench_methods, bench_pack, bench_prune
 from bench.harness import Case, Point, RunConfig
 
 pytest.importorskip("pytest_benchmark")
@@ -31,6 +31,8 @@ METHOD_CASES = [("prumerge", "siglip"), ("prumerge", "tokens"), ("tome", "siglip
 PACK_SMALL = {"T": 4, "N": 49, "D": 64, "beta": 0.25}
 PACK_CASES = [(layout, output, B) for layout in bench_pack.LAYOUTS for output in bench_pack.OUTPUTS for B in (1, 3)]
 DTYPE = torch.bfloat16
+#: The tiny LlavaOnevision (N = 7 x 7 pooled tokens a frame, float32): 4 frames, a 24-token prompt.
+E2E_SMALL = {"B": 1, "T": 4, "P": 24, "beta": 0.25}
 
 
 def _on_device(providers):
@@ -99,6 +101,21 @@ def test_pack(benchmark, case_for, provider, layout, output, B):
     _run(benchmark, bench_pack, case_for(bench_pack, point), provider)
 
 
+@pytest.fixture
+def e2e_model_released():
+    yield
+    bench_e2e.release()  # remove_kvtp: the cached tiny model is unpatched after each test
+
+
+@pytest.mark.parametrize("provider", _on_device(bench_e2e.PROVIDERS), ids=lambda p: p.name)
+def test_e2e(benchmark, case_for, e2e_model_released, provider):
+    reason = bench_e2e.transformers_problem()
+    if reason:
+        pytest.skip(reason)
+    point = bench_e2e.make_point(torch.float32, **E2E_SMALL)
+    _run(benchmark, bench_e2e, case_for(bench_e2e, point), provider)
+
+
 # ----------------------------------------------------------------------------------
 # The oracles themselves (not timed; skipped under --benchmark-only)
 # ----------------------------------------------------------------------------------
@@ -139,3 +156,17 @@ def test_methods_quick_points_on_cpu():
     assert {p["method"] for p in points} == set(bench_methods.METHODS)
     assert all(p.dtype == torch.bfloat16 for p in points)
     assert all(bench_methods.is_headline(p) == (p["method"] != "tome") for p in points)
+
+
+def test_e2e_paper_configs_are_the_flops_module_constants():
+    """The transformers config objects of the FLOPs table describe the models of kvtp_kernels.integrations.flops."""
+    reason = bench_e2e.transformers_problem()
+    if reason:
+        pytest.skip(reason)
+    from kvtp_kernels.integrations import flops
+
+    llms, siglip = bench_e2e.paper_configs()
+    assert [name for name, _, _ in llms] == ["LLaVA-Video-7B", "LLaVA-Video-72B"]
+    for (_, config, _), fields in zip(llms, (flops.LLAVA_VIDEO_7B, flops.LLAVA_VIDEO_72B)):
+        assert flops.decoder_shape(config) == flops.decoder_shape(fields)
+    assert flops.vision_tower_flops(siglip, 64) == flops.vision_tower_flops(flops.SIGLIP_SO400M, 64)
