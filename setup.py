@@ -47,7 +47,9 @@ def extensions():
     cpp_sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")))
     cuda_sources = sorted(glob.glob(os.path.join(CSRC, "*.cu")))
     include_dirs = [os.path.join(ROOT, CSRC, "include")]
-    cxx_flags = ["-O3"]  # the C++ standard comes from torch (C++17 before 2.13, C++20 after)
+    # The C++ standard comes from torch (C++17 before 2.13, C++20 after). -fopenmp: ATen's
+    # at::parallel_for is an OpenMP pragma in a header; without it our kernels run serially.
+    cxx_flags = ["-O3", "-fopenmp"]
     if _want_cuda():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
@@ -56,11 +58,11 @@ def extensions():
         return [CUDAExtension(
             "kvtp_kernels._C", cpp_sources + cuda_sources, include_dirs=include_dirs,
             define_macros=[("KVTP_WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]})]
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]}, extra_link_args=["-fopenmp"])]
     print(f"kvtp_kernels: building C++ CPU kernels {cpp_sources} (no CUDA: torch.version.cuda="
           f"{torch.version.cuda}, CUDA_HOME={CUDA_HOME}, KVTP_BUILD_CUDA={os.environ.get('KVTP_BUILD_CUDA', 'auto')})")
     return [CppExtension("kvtp_kernels._C", cpp_sources, include_dirs=include_dirs,
-                         extra_compile_args={"cxx": cxx_flags})]
+                         extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"])]
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExtension})
