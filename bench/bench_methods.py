@@ -49,7 +49,8 @@ rows written), tome ``B*T*N*(D*s + Dk*s) + B*K*D*s``; with keys = the tokens
 themselves there are no separate keys to read (``Dk*s`` drops out).
 
 Quick runs: bfloat16, SigLIP keys, every method at the headline, except ToMe on CPU,
-which runs at T = 4 (``ours`` takes ~10 s a call at the headline on 2 cores;
+which runs at T = 4 to keep them short (at the headline ``ours`` takes ~0.35 s a call and
+the ``loop`` ~0.5 s on 2 cores, so the point adds several seconds with its checks;
 ``--tome-headline`` restores it). ``--full``: N in {169, 196} x D in {1152, 3584} x
 both dtypes x both key modes, T = 64.
 
@@ -169,8 +170,8 @@ def points(config: RunConfig) -> list[Point]:
                 for N, D in itertools.product(*SWEEP.values()):
                     out += [make_point(dtype, method, k, N=N, D=D) for k in key_modes]
             elif method == "tome" and config.device.type == "cpu" and not config.options.get("tome_headline"):
-                # Batched ToMe takes ~10 s per call at the headline on 2 CPU cores (every round
-                # rewrites the float64 [T*N, D] tokens): a quick CPU run uses QUICK_CPU_TOME_T frames.
+                # At the headline ours takes ~0.35 s a call and the loop ~0.5 s on 2 CPU cores: to keep
+                # quick runs short, a quick CPU run uses QUICK_CPU_TOME_T frames.
                 out.append(make_point(dtype, method, key_modes[0], T=QUICK_CPU_TOME_T))
             else:
                 out.append(make_point(dtype, method, key_modes[0]))
@@ -740,8 +741,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "(siglip: random Dk=1152 keys; tokens: the tokens themselves). Default: siglip for "
                             "--quick, both for --full")
     group.add_argument("--tome-headline", action="store_true",
-                       help="quick CPU runs: time ToMe at the headline (T=64; ~10 s per call of ours on 2 cores) "
-                            "instead of T=4")
+                       help="quick CPU runs: time ToMe at the headline (T=64; ~0.35 s per call of ours, ~0.5 s of the "
+                            "loop on 2 cores) instead of T=4")
 
 
 BENCHMARK = register(Benchmark(

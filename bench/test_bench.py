@@ -18,8 +18,6 @@ import kvtp_kernels
 from bench import bench_e2e, bench_methods, bench_pack, bench_prune
 from bench.harness import Case, Point, RunConfig
 
-pytest.importorskip("pytest_benchmark")
-
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 CONFIG = RunConfig(device=DEVICE, options={"compile_points": "all"})
 SMALL = {"B": 2, "T": 8, "N": 16, "D": 64, "beta": 0.25}

@@ -8,6 +8,7 @@ op per call (see :mod:`kvtp_kernels.ops`), two in paper mode.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import NamedTuple
@@ -15,6 +16,8 @@ from typing import NamedTuple
 import torch
 
 from . import ops
+from ._errors import describe as _describe
+from ._errors import fail
 
 BACKENDS = ("reference", "cpu", "triton")
 ALLOCATIONS = ("exact", "paper")
@@ -48,12 +51,7 @@ class PrunedTokens(NamedTuple):
 # ----------------------------------------------------------------------------------
 # Argument checks
 # ----------------------------------------------------------------------------------
-def _fail(arg: str, expected: str, got: object) -> None:
-    raise ValueError(f"kvtp_kernels: `{arg}` must be {expected}; got {got}")
-
-
-def _describe(t: torch.Tensor) -> str:
-    return f"a {t.dtype} tensor of shape {tuple(t.shape)} on {t.device}"
+_fail = functools.partial(fail, "kvtp_kernels")
 
 
 def _check_tensor(arg: str, t: object, *, shape: tuple, device: torch.device | None, floating: bool = True) -> None:

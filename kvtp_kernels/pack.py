@@ -197,7 +197,7 @@ def _check_video(video: PrunedTokens, D: int, dtype: torch.dtype, device: torch.
     tokens = video.tokens
     if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.shape[1] != D:
         _fail("video.tokens", f"of shape [Kt, D] with D = {D} (the D of `text_embeds`)",
-              _describe(tokens) if isinstance(tokens, torch.Tensor) else type(tokens).__name__)
+              _describe(tokens))
     if tokens.dtype != dtype or tokens.device != device:
         _fail("video.tokens", f"{dtype} on {device} (like `text_embeds`)", _describe(tokens))
     Kt = tokens.shape[0]
@@ -210,7 +210,7 @@ def _check_video(video: PrunedTokens, D: int, dtype: torch.dtype, device: torch.
     if not isinstance(counts, torch.Tensor) or counts.dtype != torch.int32 or counts.dim() not in (1, 2) or (
             counts.dim() == 2 and counts.shape[0] != V) or (counts.dim() == 1 and V != 1):
         _fail("video.frame_counts", f"an int32 tensor of shape [V, T] with V = {V} (or [T] for one video)",
-              _describe(counts) if isinstance(counts, torch.Tensor) else type(counts).__name__)
+              _describe(counts))
     T = counts.shape[-1]
     _check_offsets("video.frame_cu_seqlens", video.frame_cu_seqlens, torch.int32, V * T + 1, device)
     return V, T
@@ -439,7 +439,7 @@ def unpack(values: torch.Tensor, packed: PackedInputs) -> UnpackedRows:
     src = packed.source_index
     if not isinstance(values, torch.Tensor) or values.dim() != src.dim() + 1 or values.shape[:-1] != src.shape:
         _fail("values", f"a tensor of shape [{', '.join(map(str, src.shape))}, D'] (the rows of packed.embeds)",
-              _describe(values) if isinstance(values, torch.Tensor) else type(values).__name__)
+              _describe(values))
     B, L = packed.text_shape
     text_rows, video_rows = B * L, packed.num_video_rows
     rows = _to_sources(values.reshape(-1, values.shape[-1]), src.reshape(-1), text_rows, video_rows,

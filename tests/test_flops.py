@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import transformers
 from torch.utils.flop_counter import FlopCounterMode
 
 from kvtp_kernels.integrations.flops import (
@@ -19,8 +20,6 @@ from kvtp_kernels.integrations.flops import (
     prefill_flops_ratio,
     vision_tower_flops,
 )
-
-transformers = pytest.importorskip("transformers")
 
 
 def test_hand_computed_tiny_shape():

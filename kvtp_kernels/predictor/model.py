@@ -53,6 +53,7 @@ Choices where the authors' code differs or says nothing:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -63,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._errors import describe, fail
 from ..reference import NORM_EPS
 
 __all__ = [
@@ -90,12 +92,8 @@ MIN_TRANSFORMERS = (5, 0)
 FUSION_EPS = 1e-6
 
 
-def _fail(arg: str, expected: str, got: object) -> None:
-    raise ValueError(f"kvtp_kernels.predictor: `{arg}` must be {expected}; got {got}")
-
-
-def _describe(t: torch.Tensor) -> str:
-    return f"a {t.dtype} tensor of shape {tuple(t.shape)}"
+_fail = functools.partial(fail, "kvtp_kernels.predictor")
+_describe = functools.partial(describe, device=False)
 
 
 def _require_transformers():
@@ -202,7 +200,7 @@ class ContextFusionHead(nn.Module):
         """
         if not isinstance(frame_embeds, torch.Tensor) or frame_embeds.dim() != 3 or frame_embeds.shape[1] == 0:
             _fail("frame_embeds", "a [B, T, E] tensor with T > 0",
-                  _describe(frame_embeds) if isinstance(frame_embeds, torch.Tensor) else type(frame_embeds).__name__)
+                  _describe(frame_embeds))
         f = frame_embeds.double()
         T, E = f.shape[1], f.shape[2]
         e = f / (f.norm(dim=-1, keepdim=True) + FUSION_EPS)

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from ..video import VideoDecodeError, load_video
-from .model import FrameRelevancePredictor
+from .model import FrameRelevancePredictor, _describe
 
 __all__ = [
     "LABEL_COLUMNS",
@@ -115,12 +115,6 @@ def relevance_loss(scores: torch.Tensor, labels: torch.Tensor, clip_size: int = 
     pooled = clip_softmax_pool(scores, clip_size)
     y_tilde = y[..., ::clip_size] - y.mean(dim=-1, keepdim=True)
     return -F.logsigmoid(pooled * y_tilde).mean()
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
-    return type(value).__name__
 
 
 # ----------------------------------------------------------------------------------
