@@ -2,8 +2,10 @@
 
 Everything here runs on the host before any kernel: argument checks (each error
 names the argument, what was expected and what was given; nothing is written when
-one is raised), budget resolution and backend choice. The work itself is one torch
-op per call (see :mod:`kvtp_kernels.ops`), two in paper mode.
+one is raised), budget resolution and backend choice. The work itself is torch ops
+(see :mod:`kvtp_kernels.ops`): one per call for topk/random in exact mode; paper mode
+adds a keep-counts op and one host sync; prumerge adds the merge op; tome is a
+keep-counts op and the ToMe op.
 """
 
 from __future__ import annotations
