@@ -20,6 +20,7 @@ import torch
 from . import ops
 from ._errors import describe as _describe
 from ._errors import fail
+from .reference import offsets_from_counts
 
 BACKENDS = ("reference", "cpu", "triton")
 ALLOCATIONS = ("exact", "paper")
@@ -363,14 +364,6 @@ def prune(
     if not batched:
         frame_counts = frame_counts.squeeze(0)
     return PrunedTokens(packed, indices, frame_counts, cu_seqlens, frame_cu_seqlens, max_seqlen)
-
-
-def offsets_from_counts(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """int32 counts [B, T] -> (cu_seqlens int32 [B+1], frame_cu_seqlens int32 [B*T+1]), on device, no sync."""
-    zero = counts.new_zeros(1)
-    cu_seqlens = torch.cat([zero, counts.sum(dim=1, dtype=torch.int32).cumsum(0, dtype=torch.int32)])
-    frame_cu_seqlens = torch.cat([zero, counts.reshape(-1).cumsum(0, dtype=torch.int32)])
-    return cu_seqlens, frame_cu_seqlens
 
 
 def _check_method(method, token_scores, merge_keys, merge, num_neighbors, generator, B, T, N, device):

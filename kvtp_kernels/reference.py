@@ -403,10 +403,15 @@ def prune_tokens_ref(
     indices = keep.reshape(-1).nonzero().squeeze(-1)
     packed = tokens.reshape(B * T * N, D).index_select(0, indices)
     counts = counts.to(torch.int32)
-    zero = torch.zeros(1, dtype=torch.int32, device=tokens.device)
+    return packed, indices, counts.clone(), *offsets_from_counts(counts)
+
+
+def offsets_from_counts(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Counts [B, T] -> (cu_seqlens int32 [B+1], frame_cu_seqlens int32 [B*T+1]), on device, no sync."""
+    zero = torch.zeros(1, dtype=torch.int32, device=counts.device)
     cu_seqlens = torch.cat([zero, counts.sum(dim=1).cumsum(0).to(torch.int32)])
     frame_cu_seqlens = torch.cat([zero, counts.reshape(-1).cumsum(0).to(torch.int32)])
-    return packed, indices, counts.clone(), cu_seqlens, frame_cu_seqlens
+    return cu_seqlens, frame_cu_seqlens
 
 
 # ----------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ from .._errors import describe as _describe
 from .._errors import fail
 from ..api import ALLOCATIONS, MERGES, METHODS, PrunedTokens, prune
 from ..pack import PackedInputs, pack_multimodal
+from ..reference import offsets_from_counts
 
 __all__ = [
     "LAYOUTS",
@@ -505,10 +506,7 @@ def _prune_videos(features: list[torch.Tensor], scores: list | None, token_score
     tokens = torch.cat([p[0] for p in pieces])
     indices = torch.cat([p[1] for p in pieces])
     frame_counts = torch.stack([p[2] for p in pieces])
-    sizes = torch.tensor([p[3] for p in pieces], dtype=torch.int64, device=device)
-    zero = torch.zeros(1, dtype=torch.int32, device=device)
-    cu_seqlens = torch.cat([zero, sizes.cumsum(0).to(torch.int32)])
-    frame_cu = torch.cat([zero, frame_counts.reshape(-1).cumsum(0).to(torch.int32)])
+    cu_seqlens, frame_cu = offsets_from_counts(frame_counts)
     return PrunedTokens(tokens, indices, frame_counts, cu_seqlens, frame_cu, max(p[3] for p in pieces)), T_max
 
 
