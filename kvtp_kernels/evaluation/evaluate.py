@@ -50,6 +50,7 @@ from typing import Any
 
 import torch
 
+from ..integrations._compat import require_transformers
 from ..video import VideoDecodeError, load_video
 from .data import ResultsFile, Sample, SampleError, option_letter
 
@@ -92,11 +93,7 @@ class EvalError(ValueError):
 
 
 def _require_transformers():
-    try:
-        import transformers
-    except ImportError as exc:  # pragma: no cover - transformers is installed where this runs
-        raise EvalError("kvtp eval needs transformers >= 5 (pip install 'kvtp-kernels[hf]')") from exc
-    return transformers
+    return require_transformers("kvtp eval", EvalError)
 
 
 # ----------------------------------------------------------------------------------

@@ -8,7 +8,8 @@
 - :mod:`.flops`: LLM prefill FLOPs from a config and a sequence length.
 
 Nothing here imports transformers at import time; :func:`apply_kvtp` does, and
-refuses versions older than 5.0.
+refuses releases older than 5.17 (:mod:`._compat` holds every difference
+between the supported releases).
 """
 
 from .core import (

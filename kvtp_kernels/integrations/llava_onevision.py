@@ -105,6 +105,7 @@ from typing import Any
 import torch
 
 from .._errors import describe
+from ._compat import MIN_TRANSFORMERS, require_transformers
 from .core import (
     KVTPSettings,
     VideoPlacement,
@@ -117,8 +118,6 @@ from .core import (
 
 __all__ = ["MIN_TRANSFORMERS", "apply_kvtp", "is_kvtp_applied", "remove_kvtp"]
 
-#: Oldest transformers this integration supports (the generate/mm_encoder_outputs API of v5).
-MIN_TRANSFORMERS = (5, 0)
 #: Extra keyword arguments the patched forward / generate accept.
 KVTP_KWARGS = ("kvtp_query", "kvtp_frames")
 _PATCH_ATTR = "_kvtp_patch"
@@ -127,19 +126,6 @@ _PATCHED_METHODS = ("forward", "generate")
 
 
 _describe = functools.partial(describe, device=False)
-
-
-def _require_transformers():
-    try:
-        import transformers
-    except ImportError as exc:
-        raise ImportError("kvtp_kernels.integrations.apply_kvtp needs transformers "
-                          f">= {'.'.join(map(str, MIN_TRANSFORMERS))} (pip install 'kvtp-kernels[hf]')") from exc
-    version = tuple(int(p) for p in transformers.__version__.split(".")[:2] if p.isdigit())
-    if version < MIN_TRANSFORMERS:
-        raise ImportError(f"kvtp_kernels.integrations.apply_kvtp supports transformers >= "
-                          f"{'.'.join(map(str, MIN_TRANSFORMERS))}; found {transformers.__version__}")
-    return transformers
 
 
 @dataclasses.dataclass
@@ -206,7 +192,7 @@ def apply_kvtp(
         ValueError: a budget out of range, a bad layout/allocation/temperature.
         RuntimeError: the model is already patched.
     """
-    transformers = _require_transformers()
+    transformers = require_transformers("kvtp_kernels.integrations.apply_kvtp")
     supported = transformers.LlavaOnevisionForConditionalGeneration
     if not isinstance(model, supported):
         name = type(model).__name__

@@ -65,6 +65,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._errors import describe, fail
+from ..integrations._compat import require_transformers
 from ..reference import NORM_EPS
 
 __all__ = [
@@ -86,26 +87,12 @@ CONFIG_NAME = "kvtp_predictor.json"
 HEAD_WEIGHTS_NAME = "kvtp_fusion_head.safetensors"
 #: How the probe attention over the patch grid is resampled to the LLM's token grid.
 TOKEN_POOLS = ("average", "bilinear", "area")
-#: Oldest transformers supported (the project's ``hf`` extra; what the code is tested with).
-MIN_TRANSFORMERS = (5, 0)
 #: The fusion head's normalisation epsilon (METHOD.md section 1: ``f / (|f| + 1e-6)``).
 FUSION_EPS = 1e-6
 
 
 _fail = functools.partial(fail, "kvtp_kernels.predictor")
 _describe = functools.partial(describe, device=False)
-
-
-def _require_transformers():
-    try:
-        import transformers
-    except ImportError as exc:  # pragma: no cover - transformers is installed in the dev env
-        raise ImportError("kvtp_kernels.predictor needs transformers (pip install transformers)") from exc
-    version = tuple(int(p) for p in transformers.__version__.split(".")[:2] if p.isdigit())
-    if version < MIN_TRANSFORMERS:
-        raise ImportError(f"kvtp_kernels.predictor needs transformers >= {'.'.join(map(str, MIN_TRANSFORMERS))}; "
-                          f"found {transformers.__version__}")
-    return transformers
 
 
 # ----------------------------------------------------------------------------------
@@ -516,7 +503,7 @@ class FrameRelevancePredictor(nn.Module):
     def from_config(cls, siglip_config: Any, config: PredictorConfig | None = None,
                     tokenizer: Any = None) -> FrameRelevancePredictor:
         """A randomly initialised predictor from a ``SiglipConfig`` (for tests and training from scratch)."""
-        transformers = _require_transformers()
+        transformers = require_transformers("kvtp_kernels.predictor")
         return cls(transformers.SiglipModel(siglip_config), config, tokenizer)
 
     @classmethod
@@ -543,7 +530,7 @@ class FrameRelevancePredictor(nn.Module):
             **model_kwargs: passed to ``SiglipModel.from_pretrained`` (``dtype``,
                 ``revision``, ``cache_dir``, ``token``, ``local_files_only``, ...).
         """
-        transformers = _require_transformers()
+        transformers = require_transformers("kvtp_kernels.predictor")
         name_or_path = os.fspath(name_or_path)
         siglip = transformers.SiglipModel.from_pretrained(name_or_path, **model_kwargs)
         files_dir = _kvtp_files_dir(name_or_path, model_kwargs)
