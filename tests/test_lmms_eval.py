@@ -1,0 +1,309 @@
+"""KVTP as an lmms-eval model (kvtp_kernels/integrations/lmms_eval.py).
+
+Registration through the entry point, model-arg errors, and lmms-eval 0.7.3 end to end on a
+tiny local task (tests/lmms_eval_task.py: synthetic clips, a JSON file, two YAML tasks via
+``--include_path``) with the tiny random LLaVA-Video and predictor of tests/tiny_models.py:
+
+- KVTP (prumerge with the predictor) in one process and as two processes with torchrun:
+  every document answered once, the logged ``kvtp_stats`` hold the budget, the per-frame
+  counts (and the answers) of the two runs are identical;
+- ``kvtp=false`` in one process: every answer equals the plain HF model's on the same
+  prompt and frames (generate for ``generate_until``, the summed log-probability of the
+  continuation for ``multiple_choice``).
+
+lmms-eval lives in its own folder (``tools/install_lmms_eval.sh``; its pins clash with this
+project's); the tests find it through ``KVTP_LMMS_EVAL`` (the folder, default
+``.lmms-eval/`` of the checkout) and are skipped, with that reason, where it is missing.
+Every lmms-eval run is a subprocess with ``OMP_NUM_THREADS=1`` (the same arithmetic in
+every process), the hub switched off and ``HF_HOME`` in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.lmms_eval_task import GEN_TASK, MC_TASK, TASKS, build_task
+from tests.tiny_models import CHAT_TEMPLATE, N, save_tiny_model, save_tiny_predictor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LMMS_DIR = os.environ.get("KVTP_LMMS_EVAL", os.path.join(ROOT, ".lmms-eval"))
+MODEL = "kvtp_llava_onevision"
+MAX_FRAMES = 4
+BUDGET = 0.3
+
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir(os.path.join(LMMS_DIR, "lmms_eval")),
+    reason=f"lmms-eval is not installed in {LMMS_DIR} (bash tools/install_lmms_eval.sh)")
+
+
+def lmms_env(tmp) -> dict:
+    """The environment of an lmms-eval subprocess: lmms-eval's folder first on the path, no hub."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (LMMS_DIR, ROOT, env.get("PYTHONPATH")) if p)
+    env.update(HF_HOME=os.path.join(tmp, "hf"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
+               TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled", PYTHONWARNINGS="ignore")
+    return env
+
+
+def python(code: str, tmp) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], env=lmms_env(tmp), capture_output=True, text=True,
+                          timeout=300)
+
+
+# ----------------------------------------------------------------------------------
+# Registration, optional dependency, model args (subprocesses: lmms-eval is not on this process's path)
+# ----------------------------------------------------------------------------------
+def test_entry_point_registers_the_model(tmp_path):
+    code = f"""
+from lmms_eval.models import get_model, list_available_models
+from kvtp_kernels.integrations.lmms_eval import KVTPLlavaOnevision
+assert "{MODEL}" in list_available_models(), list_available_models()
+assert get_model("{MODEL}") is KVTPLlavaOnevision
+print("ok")
+"""
+    out = python(code, tmp_path)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout[-3000:] + out.stderr[-3000:]
+
+
+def test_importing_kvtp_kernels_does_not_import_lmms_eval(tmp_path):
+    code = """
+import sys
+import kvtp_kernels, kvtp_kernels.integrations, kvtp_kernels.evaluation, kvtp_kernels.predictor, kvtp_kernels.cli
+import lmms_eval  # importable here: the check below is meaningful
+assert not [m for m in sys.modules if m.startswith("lmms_eval.") or m == "kvtp_kernels.integrations.lmms_eval"]
+print("ok")
+"""
+    code = code.replace("import lmms_eval  #", "import importlib.util; assert importlib.util.find_spec('lmms_eval')  #")
+    out = python(code, tmp_path)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout[-3000:] + out.stderr[-3000:]
+
+
+ARG_ERRORS = [
+    ("budget=1.5", "`budget` must be in (0, 1]"),
+    ("budget=0", "`budget` must be >= 1"),
+    ("method=prumerge", "`predictor` must be set with method=prumerge"),
+    ("method=median", "`method` must be one of"),
+    ("score_temperature=0", "`score_temperature` must be a finite number > 0"),
+    ("max_frames_num=0", "`max_frames_num` must be an int >= 1; got 0"),
+    ("fps=-1", "`fps` must be a number > 0"),
+    ("kvtp=maybe", "`kvtp` must be true or false; got 'maybe'"),
+    ("batch_size=4", "`batch_size` must be 1"),
+    ("query_field=videomme:", "`query_field` must be 'TASK:FIELD' pairs"),
+    ("frames=8", "unknown model_args ['frames']"),
+]
+
+
+def test_model_arg_errors_name_the_argument(tmp_path):
+    """Checked before anything is loaded (one subprocess for all cases: lmms-eval takes seconds to import)."""
+    code = f"""
+import json
+from kvtp_kernels.integrations.lmms_eval import KVTPLlavaOnevision
+messages = []
+for args in {[a for a, _ in ARG_ERRORS]!r}:
+    try:
+        KVTPLlavaOnevision.create_from_arg_string("pretrained=unused," + args)
+        messages.append("no error")
+    except (ValueError, TypeError) as exc:
+        messages.append(str(exc))
+print(json.dumps(messages))
+"""
+    out = python(code, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    messages = json.loads(out.stdout.strip().splitlines()[-1])
+    for (args, expected), message in zip(ARG_ERRORS, messages):
+        assert message.startswith("kvtp_llava_onevision: ") and expected in message, (args, message)
+
+
+# ----------------------------------------------------------------------------------
+# lmms-eval end to end
+# ----------------------------------------------------------------------------------
+class Run:
+    """One lmms-eval run: its logged samples per task, results and wall time."""
+
+    def __init__(self, out_dir: str, wall: float, log: str):
+        self.wall, self.log = wall, log
+        self.samples = {}
+        for task in TASKS:
+            files = glob.glob(os.path.join(out_dir, "**", f"*_samples_{task}.jsonl"), recursive=True)
+            assert len(files) == 1, f"samples of {task}: {files}\n{log[-6000:]}"
+            with open(files[0], encoding="utf-8") as fh:
+                self.samples[task] = [json.loads(line) for line in fh if line.strip()]
+        files = glob.glob(os.path.join(out_dir, "**", "*_results.json"), recursive=True)
+        assert len(files) == 1, f"results: {files}\n{log[-6000:]}"
+        with open(files[0], encoding="utf-8") as fh:
+            self.results = json.load(fh)
+
+    def requests(self, task: str) -> dict[tuple[int, int], tuple[str, dict, object]]:
+        """(doc_id, request index) -> (the context, the request's kvtp_stats, its filtered response).
+
+        lmms-eval writes a sample's context as ``input`` and each request's ``token_counts``
+        (where the model puts ``kvtp_stats``); a multiple-choice sample has one request per option.
+        """
+        table = {}
+        for sample in self.samples[task]:
+            counts, responses = sample["token_counts"], sample["filtered_resps"]
+            if task == GEN_TASK:
+                responses = [responses]
+            assert len(counts) == len(responses), sample
+            for index, (count, response) in enumerate(zip(counts, responses)):
+                table[sample["doc_id"], index] = (sample["input"], count["kvtp_stats"], response)
+        return table
+
+
+def run_lmms_eval(tmp, name: str, setup: dict, model_args: str, nproc: int = 1) -> Run:
+    out_dir = os.path.join(tmp, name)
+    launcher = [sys.executable, "-m", "lmms_eval"] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m",
+        "lmms_eval"]
+    command = [*launcher, "eval", "--model", MODEL, "--model_args", model_args, "--tasks", ",".join(TASKS),
+               "--include_path", setup["task"]["path"], "--batch_size", "1", "--output_path", out_dir,
+               "--log_samples"]
+    start = time.perf_counter()
+    proc = subprocess.run(command, env=lmms_env(tmp), capture_output=True, text=True, timeout=900)
+    wall = time.perf_counter() - start
+    log = f"$ {' '.join(command)}\n{proc.stdout}\n{proc.stderr}"
+    with open(os.path.join(tmp, f"{name}.log"), "w", encoding="utf-8") as fh:
+        fh.write(log)
+    assert proc.returncode == 0, log[-8000:]
+    assert "Error during evaluation" not in log, log[-8000:]
+    run = Run(out_dir, wall, log)
+    print(f"\n[lmms-eval] {name}: {nproc} process(es), {wall:.1f} s wall")
+    return run
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = str(tmp_path_factory.mktemp("lmms_eval"))
+    return {"tmp": tmp, "model": save_tiny_model(os.path.join(tmp, "model"), chat_template=CHAT_TEMPLATE),
+            "predictor": save_tiny_predictor(os.path.join(tmp, "predictor")),
+            "task": build_task(os.path.join(tmp, "task"))}
+
+
+def kvtp_args(setup) -> str:
+    return (f"pretrained={setup['model']},predictor={setup['predictor']},budget={BUDGET},method=prumerge,"
+            f"max_frames_num={MAX_FRAMES}")
+
+
+@pytest.fixture(scope="module")
+def one_process(setup):
+    return run_lmms_eval(setup["tmp"], "kvtp_1proc", setup, kvtp_args(setup))
+
+
+@pytest.fixture(scope="module")
+def two_processes(setup):
+    return run_lmms_eval(setup["tmp"], "kvtp_2proc", setup, kvtp_args(setup), nproc=2)
+
+
+@pytest.fixture(scope="module")
+def baseline(setup):
+    return run_lmms_eval(setup["tmp"], "baseline_1proc", setup,
+                         f"pretrained={setup['model']},kvtp=false,max_frames_num={MAX_FRAMES}")
+
+
+def expected_frames(setup) -> list[int]:
+    from kvtp_kernels import load_video
+
+    return [load_video(d["video"], fps=None, max_frames=MAX_FRAMES)[0].shape[0] for d in setup["task"]["docs"]]
+
+
+@pytest.mark.parametrize("which", ["one_process", "two_processes"])
+def test_every_document_answered_once_with_its_kvtp_stats(setup, which, request):
+    run = request.getfixturevalue(which)
+    docs = setup["task"]["docs"]
+    frames = expected_frames(setup)
+    assert set(frames) == {3, 4}  # mixed frame counts
+    for task in TASKS:
+        ids = [s["doc_id"] for s in run.samples[task]]
+        assert sorted(ids) == list(range(len(docs))), (task, ids)
+        table = run.requests(task)
+        per_doc = 1 if task == GEN_TASK else 4  # one loglikelihood request per option
+        assert len(table) == len(docs) * per_doc
+        for (doc_id, _), (_, stats, _) in table.items():
+            T = frames[doc_id]
+            K = math.floor(BUDGET * T * N + 0.5)
+            assert stats["kvtp"] is True and stats["method"] == "prumerge"
+            assert stats["query"] == docs[doc_id]["question"]  # the task's question, not the context
+            assert stats["num_frames"] == T and len(stats["kept_per_frame"]) == T
+            assert sum(stats["kept_per_frame"]) == K
+            assert stats["video_tokens_before"] == T * N + 1 and stats["video_tokens_after"] == K + 1
+            assert stats["llm_tokens_before"] - stats["llm_tokens_after"] == T * N - K
+            assert stats["prefill_flops_after"] < stats["prefill_flops_before"]
+            assert stats["flops_ratio"] == pytest.approx(stats["prefill_flops_after"] / stats["prefill_flops_before"])
+    assert "exact_match,none" in run.results["results"][GEN_TASK]
+    assert "acc,none" in run.results["results"][MC_TASK]
+
+
+def test_two_processes_match_one(one_process, two_processes):
+    # the two runs really split the work: rank 0's progress bar counts its share of the 20 option requests
+    # (docs 0, 2, 4 -> 12), the single process all 20
+    assert re.search(r"loglikelihood: 100%\|[^|]*\| 20/20", one_process.log), one_process.log[-4000:]
+    assert re.search(r"loglikelihood: 100%\|[^|]*\| 12/12", two_processes.log), two_processes.log[-4000:]
+    assert "2 process(es)" in two_processes.log and "on rank 1" in two_processes.log
+    for task in TASKS:
+        one, two = one_process.requests(task), two_processes.requests(task)
+        assert one.keys() == two.keys()
+        for key in one:
+            assert one[key][1]["kept_per_frame"] == two[key][1]["kept_per_frame"], (task, key)
+            assert one[key][2] == two[key][2], (task, key)  # same answers (same arithmetic per process)
+    print(f"\n[lmms-eval] wall: 1 process {one_process.wall:.1f} s, 2 processes {two_processes.wall:.1f} s")
+
+
+def test_kvtp_false_equals_the_plain_model(setup, baseline):
+    """Each answer of ``kvtp=false`` equals the unpatched HF model's on the same prompt and frames."""
+    import transformers
+
+    from kvtp_kernels import load_video
+    from kvtp_kernels.evaluation import PromptBuilder, VideoModel
+
+    torch.set_num_threads(1)
+    model = transformers.LlavaOnevisionForConditionalGeneration.from_pretrained(setup["model"]).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(setup["model"])
+    vm = VideoModel.from_model(model, tokenizer)
+    prompts = PromptBuilder(tokenizer)
+    docs = setup["task"]["docs"]
+
+    def inputs(context: str, doc_id: int, continuation: str = ""):
+        frames, _ = load_video(docs[doc_id]["video"], fps=None, max_frames=MAX_FRAMES)
+        before, after = prompts.encode(context)
+        cont = tokenizer(continuation, add_special_tokens=False)["input_ids"] if continuation else []
+        ids = torch.tensor([before + [vm.video_token_id] * vm.placeholders(frames.shape[0]) + after + cont])
+        return ids, vm.pixel_values([frames]), len(cont)
+
+    checked = 0
+    for (doc_id, _), (context, stats, response) in baseline.requests(GEN_TASK).items():
+        assert stats["kvtp"] is False and stats["llm_tokens_after"] == stats["llm_tokens_before"]
+        assert stats["kept_per_frame"] == [N] * stats["num_frames"]
+        ids, pixels, _ = inputs(context, doc_id)
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=pixels,
+                                 max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=tokenizer.eos_token_id)
+        expected = tokenizer.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True)
+        assert response == expected, (doc_id, response, expected)
+        checked += 1
+    for (doc_id, option), (context, stats, response) in baseline.requests(MC_TASK).items():
+        assert stats["kvtp"] is False and stats["kept_per_frame"] == [N] * stats["num_frames"]
+        continuation = " " + "ABCD"[option]  # lmms-eval's target_delimiter + the choice
+        ids, pixels, n = inputs(context, doc_id, continuation)
+        with torch.inference_mode():
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=pixels).logits
+        logprobs = torch.log_softmax(logits[0, -n - 1:-1].float(), -1)
+        target = ids[0, -n:]
+        ll = float(logprobs.gather(1, target[:, None]).sum())
+        greedy = bool((logprobs.argmax(-1) == target).all())
+        got_ll, got_greedy = response  # lmms-eval writes the pair as strings
+        assert float(got_ll) == pytest.approx(ll, rel=1e-5, abs=1e-5), (doc_id, option, response, ll)
+        assert got_greedy == str(greedy), (doc_id, option, response, greedy)
+        checked += 1
+    assert checked == len(docs) * 5
+    print(f"\n[lmms-eval] kvtp=false, 1 process: {baseline.wall:.1f} s wall")
