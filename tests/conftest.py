@@ -31,3 +31,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+#: Lines a test wants in the terminal summary (e.g. the wall times of tests/test_lmms_eval.py's runs).
+SUMMARY = pytest.StashKey[list]()
+
+
+def pytest_configure(config):
+    config.stash[SUMMARY] = []
+
+
+@pytest.fixture(scope="session")
+def summary_lines(pytestconfig) -> list:
+    """Append a line here to print it in the terminal summary (section "kvtp timings")."""
+    return pytestconfig.stash[SUMMARY]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    lines = config.stash.get(SUMMARY, [])
+    if lines:
+        terminalreporter.section("kvtp timings")
+        for line in lines:
+            terminalreporter.write_line(line)

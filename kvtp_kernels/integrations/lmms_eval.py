@@ -89,7 +89,8 @@ several processes (``accelerate launch`` or ``torchrun``) each takes its own GPU
 (``cuda:LOCAL_RANK``; the CPU where there is none), and rank and world size come from
 torch.distributed (or the accelerator, where torch.distributed is not initialised);
 lmms-eval then shards the documents (``build_all_requests(rank, world_size)``) and
-gathers the results and logged samples on rank 0. Data parallel only (one model copy per process); ``batch_size`` must be 1.
+gathers the results and logged samples on rank 0. Data parallel only (one model copy per
+process); ``batch_size`` must be 1.
 
 Another VLM family is a subclass of :class:`KVTPVideoLmms` with its own ``model_id`` and
 the four hooks ``_load``, ``_apply_kvtp``, ``_remove_kvtp`` and ``_model_inputs`` (see
