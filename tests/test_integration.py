@@ -11,11 +11,13 @@ and the unpatched model run on them.
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import math
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 import tiny_models
@@ -27,7 +29,9 @@ from kvtp_kernels import load_video
 from kvtp_kernels import reference as ref
 from kvtp_kernels.integrations import (
     KVTPSettings,
+    _compat,
     apply_kvtp,
+    collect_stats,
     is_kvtp_applied,
     prune_video_inputs,
     remove_kvtp,
@@ -58,6 +62,16 @@ def llm_tokenizer():
 @pytest.fixture(scope="module")
 def predictor():
     return tiny_predictor()
+
+
+@pytest.fixture(autouse=True)
+def _unpatch_shared_model(request):
+    """The module's model is shared: a test that fails while it is patched must not fail the next ones."""
+    yield
+    if "model" in request.fixturenames:
+        shared = request.getfixturevalue("model")
+        if is_kvtp_applied(shared):
+            remove_kvtp(shared)
 
 
 @contextlib.contextmanager
@@ -96,9 +110,9 @@ def videos(*frame_counts, seed=0):
 def features_of(model, video):
     """The model's own video features [T, N, D] (newline row dropped)."""
     with torch.no_grad():
-        pooled = model.get_video_features(pixel_values_videos=video[None], return_dict=True).pooler_output
+        pooled = _compat.get_video_features(model, video[None], return_dict=True).pooler_output
     T = video.shape[0]
-    assert pooled.shape[1] == T * N + 1
+    assert pooled.shape[1] == T * N + int(_compat.video_features_end_with_newline())
     return pooled[0, : T * N].reshape(T, N, -1)
 
 
@@ -179,20 +193,21 @@ def test_budget_one_equals_unpatched(model, batch_size):
     assert stats.flops_ratio == 1.0
 
 
+@pytest.mark.parametrize("budget", [0.2, 0.25])
 @pytest.mark.parametrize("batch_size", [1, 3])
-def test_budget_02_equals_unpatched_on_reference_pruned_features(model, batch_size):
+def test_budget_below_one_equals_unpatched_on_reference_pruned_features(model, batch_size, budget):
     T = 5
     ids, mask = batch([video_prompt(pre, post, T) for pre, post in PROMPTS[:batch_size]])
     clips = videos(*[T] * batch_size, seed=1)
-    rows = [reference_prune(features_of(model, clip), 0.2)[0] for clip in clips]
+    rows = [reference_prune(features_of(model, clip), budget)[0] for clip in clips]
     embeds, new_mask = expected_inputs(model, ids, mask, rows)
     with torch.no_grad():
         expected = model(inputs_embeds=embeds, attention_mask=new_mask).logits
-        with kvtp(model, budget=0.2):
+        with kvtp(model, budget=budget):
             actual = model(input_ids=ids, attention_mask=mask, pixel_values_videos=torch.stack(clips))
     assert_logits_equal(actual.logits, expected, new_mask)
-    K = math.floor(0.2 * T * N + 0.5)
-    torch.testing.assert_close(actual.video_hidden_states, torch.cat(rows), rtol=0, atol=0)
+    K = math.floor(budget * T * N + 0.5)
+    torch.testing.assert_close(_compat.video_features_of(actual), torch.cat(rows), rtol=0, atol=0)
     assert all(r.shape[0] == K for r in rows)
 
 
@@ -329,7 +344,7 @@ def test_precomputed_video_features(model):
     pixels = torch.stack(videos(T, T, seed=8))
     with torch.no_grad(), kvtp(model, budget=0.3):
         from_pixels = model(input_ids=ids, attention_mask=mask, pixel_values_videos=pixels).logits
-        encoded = model.model.get_video_features(pixel_values_videos=pixels, return_dict=True)
+        encoded = _compat.get_video_features(model.model, pixels, return_dict=True)
         from_features = model(input_ids=ids, attention_mask=mask, mm_encoder_outputs={"video": encoded}).logits
     torch.testing.assert_close(from_features, from_pixels, rtol=0, atol=0)
 
@@ -421,6 +436,71 @@ def test_remove_kvtp_restores_the_model_exactly(model):
                                       max_new_tokens=3, do_sample=False), tokens)
     with pytest.raises(ValueError, match="not patched"):
         remove_kvtp(model)
+
+
+def test_deepcopy_of_a_patched_model_runs_its_own_weights():
+    model = tiny_llava_model(seed=3)
+    T = 3
+    ids, mask = batch([video_prompt(pre, post, T) for pre, post in PROMPTS[:2]])
+    pixels = torch.stack(videos(T, T, seed=12))
+
+    def logits(m):
+        with torch.no_grad():
+            return m(input_ids=ids, attention_mask=mask, pixel_values_videos=pixels).logits
+
+    apply_kvtp(model, budget=0.3)
+    twin = copy.deepcopy(model)
+    assert is_kvtp_applied(twin) and twin.forward.__self__ is twin and twin.generate.__self__ is twin
+    original = logits(model)
+    torch.testing.assert_close(logits(twin), original, rtol=0, atol=0)  # same weights, same pruned pipeline
+    with torch.no_grad():
+        twin.lm_head.weight.mul_(-2.0)
+    changed = logits(twin)
+    assert changed.shape == original.shape and not torch.allclose(changed, original)  # the copy's own weights
+    torch.testing.assert_close(logits(model), original, rtol=0, atol=0)
+    remove_kvtp(twin)  # the copy's own patch: the original stays patched
+    assert is_kvtp_applied(model) and not is_kvtp_applied(twin)
+    assert logits(twin).shape[1] > original.shape[1]
+    remove_kvtp(model)
+
+
+def test_collect_stats_is_per_thread(model):
+    """Threads sharing one patched model: model.kvtp_stats is whichever call came last, collect_stats is exact."""
+    lengths = {0: 2, 1: 5}
+    inputs = {}
+    for worker, T in lengths.items():
+        ids, mask = batch([video_prompt(*PROMPTS[worker], T)])
+        inputs[worker] = (ids, mask, torch.stack(videos(T, seed=20 + worker)))
+    results, errors = {}, []
+    start = threading.Barrier(len(lengths))
+
+    def run(worker):
+        try:
+            ids, mask, pixels = inputs[worker]
+            start.wait()
+            with collect_stats() as calls, torch.no_grad():
+                for _ in range(6):
+                    model(input_ids=ids, attention_mask=mask, pixel_values_videos=pixels)
+            results[worker] = calls
+        except Exception as exc:  # reported below: a thread's exception would otherwise vanish
+            errors.append(exc)
+
+    with kvtp(model, budget=0.5):
+        threads = [threading.Thread(target=run, args=(w,)) for w in lengths]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        with collect_stats() as outer, collect_stats() as inner, torch.no_grad():
+            ids, mask, pixels = inputs[0]
+            model(input_ids=ids, attention_mask=mask, pixel_values_videos=pixels)
+        assert len(outer) == len(inner) == 1 and outer[0] is inner[0] is model.kvtp_stats
+    assert not errors, errors
+    for worker, T in lengths.items():
+        calls = results[worker]
+        assert len(calls) == 6
+        assert all(stats.video_tokens_before == [T * N + 1] for stats in calls)
+        assert all(len(stats.kept_per_frame[0]) == T for stats in calls)
 
 
 def test_text_only_calls_go_straight_through(model):

@@ -35,6 +35,7 @@ from .flops import (
     vision_tower_flops,
 )
 from .llava_onevision import apply_kvtp, is_kvtp_applied, remove_kvtp
+from .recording import collect_stats
 
 __all__ = [
     "DecoderShape",
@@ -44,6 +45,7 @@ __all__ = [
     "VideoPlacement",
     "VideoPruneResult",
     "apply_kvtp",
+    "collect_stats",
     "decoder_shape",
     "infer_padding_side",
     "is_kvtp_applied",

@@ -117,6 +117,7 @@ except ImportError as _exc:  # pragma: no cover - exercised by the import test w
                       ) from _exc
 
 from ..video import VideoDecodeError, load_video
+from .recording import collect_stats
 
 __all__ = ["MODEL_CLASSES", "KVTPLlavaOnevision", "KVTPTokenCounts", "KVTPVideoLmms", "model_manifests"]
 
@@ -392,14 +393,14 @@ class KVTPVideoLmms(lmms):
             options.update(temperature=None, top_p=None, top_k=None)
         inputs, _ = self._model_inputs(self._strip(context), frames)
         prompt_len = inputs["input_ids"].shape[1]
-        with torch.inference_mode():
+        with torch.inference_mode(), collect_stats() as calls:
             out = self.model.generate(**inputs, **self._kvtp_kwargs(frames, query), **options)
         new = out[0, prompt_len:].tolist()
         text = self._tokenizer.decode(new, skip_special_tokens=True)
         for stop in until or ():
             if stop:
                 text = text.split(stop)[0]
-        stats = self._stats(inputs, frames, query)
+        stats = self._stats(inputs, frames, query, calls)
         return text, KVTPTokenCounts(input_tokens=stats["llm_tokens_after"], output_tokens=len(new), kvtp_stats=stats)
 
     def _loglikelihood(self, context: str, continuation: str, frames: torch.Tensor | None, query: str | None):
@@ -407,14 +408,14 @@ class KVTPVideoLmms(lmms):
         if n < 1:
             raise ValueError(f"{self.model_id}: the continuation {continuation!r} has no tokens")
         ids = inputs["input_ids"]
-        with torch.inference_mode():
+        with torch.inference_mode(), collect_stats() as calls:
             out = self.model(**inputs, **self._kvtp_kwargs(frames, query), logits_to_keep=n + 1, use_cache=False)
         logits = out.logits[0, -n - 1:-1].float()  # positions predicting the n continuation tokens
         target = ids[0, -n:].to(logits.device)
         logprobs = torch.log_softmax(logits, dim=-1)
         total = float(logprobs.gather(1, target[:, None]).sum())
         greedy = bool((logits.argmax(-1) == target).all())
-        stats = self._stats(inputs, frames, query)
+        stats = self._stats(inputs, frames, query, calls)
         return (total, greedy), KVTPTokenCounts(input_tokens=stats["llm_tokens_after"], kvtp_stats=stats)
 
     def _kvtp_kwargs(self, frames: torch.Tensor | None, query: str | None) -> dict[str, Any]:
@@ -422,8 +423,9 @@ class KVTPVideoLmms(lmms):
             return {}
         return {"kvtp_query": [query], "kvtp_frames": [frames]}
 
-    def _stats(self, inputs: dict, frames: torch.Tensor | None, query: str | None) -> dict[str, Any]:
-        """This request's accounting (plain numbers, JSON-serialisable)."""
+    def _stats(self, inputs: dict, frames: torch.Tensor | None, query: str | None, calls: list) -> dict[str, Any]:
+        """This request's accounting (plain numbers, JSON-serialisable); ``calls``: the KVTPStats of its
+        patched calls (``collect_stats``: this thread's, even where threads share the model)."""
         from ..integrations import prefill_flops
 
         length = int(inputs["attention_mask"].sum())
@@ -433,7 +435,9 @@ class KVTPVideoLmms(lmms):
             T = 0
             kept, video_before, video_after, llm_after = [], 0, 0, length
         elif self.kvtp_enabled:
-            record = self.model.kvtp_stats
+            if len(calls) != 1:
+                raise RuntimeError(f"{self.model_id}: expected one pruned call for the video prompt, got {len(calls)}")
+            record = calls[0]
             T = frames.shape[0]
             kept = list(record.kept_per_frame[0])
             video_before, video_after = record.video_tokens_before[0], record.video_tokens_after[0]
