@@ -126,6 +126,53 @@ print(json.dumps(messages))
         assert message.startswith("kvtp_llava_onevision: ") and expected in message, (args, message)
 
 
+def test_query_field_and_visuals(tmp_path):
+    """The predictor's query per ``query_field``, and the documents the model refuses (no model loaded)."""
+    code = r"""
+import json
+import PIL.Image
+from kvtp_kernels.integrations.lmms_eval import KVTPLlavaOnevision as M
+
+def bare(query_field):
+    m = M.__new__(M)  # the query and visual rules only; nothing loaded
+    m._warned, m._query_fields = set(), m._parse_query_field(query_field)
+    return m
+
+doc = {"question": "what is the man doing ?", "q2": "where is the dog ?"}
+ctx = "<video>\nwhat is the man doing ?\nA. running\nanswer :"
+out = {"default": bare(None)._query("videomme", 0, doc, ctx),
+       "field": bare("q2")._query("videomme", 0, doc, ctx),
+       "context": bare("context")._query("videomme", 0, doc, ctx),
+       "per_task": [bare("videomme:q2;nextqa:question")._query(t, 0, doc, ctx)
+                    for t in ("videomme_long", "nextqa_mc_test", "egoschema")],
+       "no_question": bare(None)._query("mytask", 0, {"prompt": "x"}, ctx),
+       "no_visuals": list(bare(None)._document("mytask", 0, doc, lambda d: [], ctx))}
+for name, field, visual in [("missing", "nope", None), ("image", None, lambda d: [PIL.Image.new("RGB", (4, 4))]),
+                            ("two_videos", None, lambda d: [["a.mp4"], ["b.mp4"]])]:
+    try:
+        if visual is None:
+            bare(field)._query("videomme", 7, doc, ctx)
+        else:
+            bare(field)._document("vqa", 7, doc, visual, ctx)
+        out[name] = "no error"
+    except (KeyError, ValueError) as exc:
+        out[name] = str(exc)
+print(json.dumps(out))
+"""
+    proc = python(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    question, other = "what is the man doing ?", "where is the dog ?"
+    assert out["default"] == question and out["field"] == other
+    assert out["context"] == "what is the man doing ?\nA. running\nanswer :"  # markers dropped
+    assert out["per_task"] == [other, question, question]  # by task prefix; unlisted tasks: the default
+    assert out["no_question"] == out["context"]
+    assert out["no_visuals"] == [None, None]  # text-only document
+    assert "`query_field` 'nope': task videomme doc 7 has no such field" in out["missing"], out["missing"]
+    assert "task vqa doc 7: doc_to_visual must give video file paths" in out["image"], out["image"]
+    assert "one video per document" in out["two_videos"], out["two_videos"]
+
+
 # ----------------------------------------------------------------------------------
 # lmms-eval end to end
 # ----------------------------------------------------------------------------------
