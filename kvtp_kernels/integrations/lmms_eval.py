@@ -93,8 +93,9 @@ gathers the results and logged samples on rank 0. Data parallel only (one model 
 process); ``batch_size`` must be 1.
 
 Another VLM family is a subclass of :class:`KVTPVideoLmms` with its own ``model_id`` and
-the four hooks ``_load``, ``_apply_kvtp``, ``_remove_kvtp`` and ``_model_inputs`` (see
-:class:`KVTPLlavaOnevision`), listed in :data:`MODEL_CLASSES`.
+the hooks ``_load``, ``_apply_kvtp``, ``_model_inputs`` and ``_unpruned_video`` (see
+:class:`KVTPLlavaOnevision`), added to :data:`MODEL_CLASSES`: the entry point then
+registers it too.
 """
 
 from __future__ import annotations
@@ -221,7 +222,6 @@ class KVTPVideoLmms(lmms):
         self.max_frames_num, self.fps = max_frames_num, None if fps is None else float(fps)
         self.max_new_tokens = max_new_tokens
         self.pretrained = pretrained
-        self.predictor_name = predictor
 
         from accelerate import Accelerator
 
@@ -231,7 +231,7 @@ class KVTPVideoLmms(lmms):
         world, rank, local = _processes(accelerator)
         if world > 1:
             own = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
-            if device not in (None, "auto") and torch.device(device).type != own.type:
+            if device not in (None, "auto") and not str(device).startswith(own.type):
                 self._bad("device", f"unset or {own.type} with {world} processes (each process takes its own "
                                     "device)", device)
             self._device = own
@@ -244,7 +244,7 @@ class KVTPVideoLmms(lmms):
         self._load(pretrained, device=self._device, dtype=self._dtype, attn_implementation=attn_implementation,
                    chat_template=self._read_template(chat_template), prompt_format=prompt_format)
         self.predictor = None
-        if predictor is not None:
+        if predictor is not None and kvtp:  # kvtp=false never scores frames
             from ..evaluation.evaluate import load_predictor
 
             self.predictor = self._resolve(load_predictor, "predictor", predictor, device=self._device)
@@ -269,9 +269,6 @@ class KVTPVideoLmms(lmms):
         """Patch the model so that its forward / generate prune videos, recording ``model.kvtp_stats``."""
         raise NotImplementedError
 
-    def _remove_kvtp(self, model: Any) -> None:
-        raise NotImplementedError
-
     def _model_inputs(self, text: str, frames: torch.Tensor | None, continuation: str | None = None
                       ) -> tuple[dict[str, Any], int]:
         """The model's keyword inputs for one prompt (with ``continuation`` appended when given) and
@@ -282,11 +279,9 @@ class KVTPVideoLmms(lmms):
         """
         raise NotImplementedError
 
-    def _placeholders(self, num_frames: int) -> int:
-        """Video placeholder tokens of an unpruned video of ``num_frames`` frames (with its newlines)."""
-        raise NotImplementedError
-
-    def _tokens_per_frame(self) -> int:
+    def _unpruned_video(self, frames: torch.Tensor) -> tuple[list[int], int]:
+        """For ``kvtp=false``'s accounting: (tokens of each frame unit as the integration counts them in
+        ``kept_per_frame``, the video's placeholder tokens in the prompt, newlines included)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ lmms-eval's interface
@@ -321,13 +316,6 @@ class KVTPVideoLmms(lmms):
     @property
     def world_size(self):
         return self._world_size
-
-    def close(self) -> None:
-        """Unpatch the model (the wrapper holds the only reference otherwise)."""
-        from ..integrations import is_kvtp_applied
-
-        if self.kvtp_enabled and is_kvtp_applied(self._model):
-            self._remove_kvtp(self._model)
 
     def generate_until(self, requests) -> list:
         from tqdm.auto import tqdm
@@ -447,9 +435,8 @@ class KVTPVideoLmms(lmms):
                                    f"the prompt has {length}")
         else:
             T = frames.shape[0]
-            kept = [self._tokens_per_frame()] * T
-            video_before = video_after = self._placeholders(T)
-            llm_after = length
+            kept, video_before = self._unpruned_video(frames)
+            video_after, llm_after = video_before, length
         before, after = prefill_flops(self.config, length), prefill_flops(self.config, llm_after)
         stats.update(num_frames=T, kept_per_frame=kept, video_tokens_before=video_before,
                      video_tokens_after=video_after, llm_tokens_before=length, llm_tokens_after=llm_after,
@@ -608,16 +595,9 @@ class KVTPLlavaOnevision(KVTPVideoLmms):
 
         apply_kvtp(model, predictor=predictor, **settings)
 
-    def _remove_kvtp(self, model):
-        from ..integrations import remove_kvtp
-
-        remove_kvtp(model)
-
-    def _placeholders(self, num_frames: int) -> int:
-        return self._vm.placeholders(num_frames)
-
-    def _tokens_per_frame(self) -> int:
-        return self._vm.tokens_per_frame
+    def _unpruned_video(self, frames):
+        T = frames.shape[0]
+        return [self._vm.tokens_per_frame] * T, self._vm.placeholders(T)
 
     def _model_inputs(self, text, frames, continuation=None):
         vm = self._vm
