@@ -4,8 +4,9 @@
 
 - ``clips/clip{i}.mp4``: synthetic MPEG-4 clips (PyAV), 48x40 px, 3 to 7 frames at 2 fps, a
   different random pattern per frame, so that the frames differ and the predictor's scores too;
-- ``docs.json``: one row per document (``id``, ``video`` absolute path, ``question``, ``options``,
-  ``answer`` letter, ``answer_index``), read by lmms-eval through ``dataset_path: json``;
+- ``docs.json``: one row per document (``id``, ``video`` absolute path or "" for the one
+  text-only document, ``question``, ``options``, ``answer`` letter, ``answer_index``), read by
+  lmms-eval through ``dataset_path: json``;
 - ``utils.py``: ``doc_to_visual`` / ``doc_to_text`` / ``doc_to_choice`` / ``doc_to_target``;
 - two tasks: ``kvtp_tiny_gen`` (``generate_until``, exact match of the letter) and
   ``kvtp_tiny_mc`` (``multiple_choice``: one ``loglikelihood`` request per option, accuracy).
@@ -29,8 +30,9 @@ QUESTIONS = [
     ("what color is the car ?", ["red", "a cat", "the man", "the road"], "A"),
     ("who is running in the video ?", ["a cat", "a dog", "the man", "a bike"], "C"),
     ("what does the cat do ?", ["running", "phone", "a car", "the dog"], "A"),
+    ("who is a dog ?", ["a cat", "a dog", "the man", "a bike"], "B"),
 ]
-FRAMES = [3, 5, 4, 7, 6]  # frames per clip (2 fps); max_frames_num=4 gives T = 3 or 4
+FRAMES = [3, 5, 4, 7, 6, 0]  # frames per clip (2 fps); max_frames_num=4 gives T = 3 or 4; 0: a text-only document
 
 UTILS = '''"""doc_to_* functions of the tiny KVTP test tasks (written by tests/lmms_eval_task.py)."""
 
@@ -38,7 +40,7 @@ LETTERS = "ABCDEFGHIJ"
 
 
 def doc_to_visual(doc):
-    return [doc["video"]]
+    return [doc["video"]] if doc["video"] else []
 
 
 def _options(doc):
@@ -127,8 +129,10 @@ def build_task(root) -> dict:
     os.makedirs(os.path.join(root, "clips"), exist_ok=True)
     docs = []
     for i, ((question, options, answer), frames) in enumerate(zip(QUESTIONS, FRAMES)):
-        video = write_clip(os.path.join(root, "clips", f"clip{i}.mp4"), frames, seed=i)
-        docs.append({"id": f"doc{i}", "video": os.path.abspath(video), "question": question, "options": options,
+        video = ""
+        if frames:
+            video = os.path.abspath(write_clip(os.path.join(root, "clips", f"clip{i}.mp4"), frames, seed=i))
+        docs.append({"id": f"doc{i}", "video": video, "question": question, "options": options,
                      "answer": answer, "answer_index": "ABCD".index(answer)})
     data = os.path.join(root, "docs.json")
     with open(data, "w", encoding="utf-8") as fh:

@@ -228,7 +228,7 @@ def run_lmms_eval(tmp, name: str, setup: dict, model_args: str, nproc: int = 1, 
     run = Run(out_dir, wall, log)
     if summary is not None:
         summary.append(f"lmms-eval {name}: {nproc} process(es), {wall:.1f} s wall "
-                                     f"(start to exit: imports, model load, 5 docs x 2 tasks, scoring)")
+                                     f"(start to exit: imports, model load, 6 docs x 2 tasks, scoring)")
     return run
 
 
@@ -264,7 +264,8 @@ def baseline(setup, summary_lines):
 def expected_frames(setup) -> list[int]:
     from kvtp_kernels import load_video
 
-    return [load_video(d["video"], fps=None, max_frames=MAX_FRAMES)[0].shape[0] for d in setup["task"]["docs"]]
+    return [load_video(d["video"], fps=None, max_frames=MAX_FRAMES)[0].shape[0] if d["video"] else 0
+            for d in setup["task"]["docs"]]
 
 
 @pytest.mark.parametrize("which", ["one_process", "two_processes"])
@@ -272,7 +273,7 @@ def test_every_document_answered_once_with_its_kvtp_stats(setup, which, request)
     run = request.getfixturevalue(which)
     docs = setup["task"]["docs"]
     frames = expected_frames(setup)
-    assert set(frames) == {3, 4}  # mixed frame counts
+    assert set(frames) == {0, 3, 4}  # mixed frame counts and a text-only document
     for task in TASKS:
         ids = [s["doc_id"] for s in run.samples[task]]
         assert sorted(ids) == list(range(len(docs))), (task, ids)
@@ -283,6 +284,10 @@ def test_every_document_answered_once_with_its_kvtp_stats(setup, which, request)
             T = frames[doc_id]
             K = math.floor(BUDGET * T * N + 0.5)
             assert stats["kvtp"] is True and stats["method"] == "prumerge"
+            if T == 0:  # text-only: nothing to prune, no query
+                assert stats["num_frames"] == 0 and stats["kept_per_frame"] == [] and stats["query"] is None
+                assert stats["llm_tokens_after"] == stats["llm_tokens_before"] and stats["flops_ratio"] == 1.0
+                continue
             assert stats["query"] == docs[doc_id]["question"]  # the task's question, not the context
             assert stats["num_frames"] == T and len(stats["kept_per_frame"]) == T
             assert sum(stats["kept_per_frame"]) == K
@@ -295,9 +300,9 @@ def test_every_document_answered_once_with_its_kvtp_stats(setup, which, request)
 
 
 def test_two_processes_match_one(one_process, two_processes):
-    # the two runs really split the work: rank 0's progress bar counts its share of the 20 option requests
-    # (docs 0, 2, 4 -> 12), the single process all 20
-    assert re.search(r"loglikelihood: 100%\|[^|]*\| 20/20", one_process.log), one_process.log[-4000:]
+    # the two runs really split the work: rank 0's progress bar counts its share of the 24 option requests
+    # (docs 0, 2, 4 -> 12), the single process all 24
+    assert re.search(r"loglikelihood: 100%\|[^|]*\| 24/24", one_process.log), one_process.log[-4000:]
     assert re.search(r"loglikelihood: 100%\|[^|]*\| 12/12", two_processes.log), two_processes.log[-4000:]
     assert "2 process(es)" in two_processes.log and "on rank 1" in two_processes.log
     for task in TASKS:
@@ -323,11 +328,14 @@ def test_kvtp_false_equals_the_plain_model(setup, baseline):
     docs = setup["task"]["docs"]
 
     def inputs(context: str, doc_id: int, continuation: str = ""):
+        """-> (input_ids [1, L], the video inputs, continuation tokens)."""
+        cont = tokenizer(continuation, add_special_tokens=False)["input_ids"] if continuation else []
+        if not docs[doc_id]["video"]:  # the text-only document
+            return torch.tensor([prompts.encode_text(context) + cont]), {}, len(cont)
         frames, _ = load_video(docs[doc_id]["video"], fps=None, max_frames=MAX_FRAMES)
         before, after = prompts.encode(context)
-        cont = tokenizer(continuation, add_special_tokens=False)["input_ids"] if continuation else []
         ids = torch.tensor([before + [vm.video_token_id] * vm.placeholders(frames.shape[0]) + after + cont])
-        return ids, vm.pixel_values([frames]), len(cont)
+        return ids, {"pixel_values_videos": vm.pixel_values([frames])}, len(cont)
 
     checked = 0
     for (doc_id, _), (context, stats, response) in baseline.requests(GEN_TASK).items():
@@ -335,7 +343,7 @@ def test_kvtp_false_equals_the_plain_model(setup, baseline):
         assert stats["kept_per_frame"] == [N] * stats["num_frames"]
         ids, pixels, _ = inputs(context, doc_id)
         with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=pixels,
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **pixels,
                                  max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                                  eos_token_id=tokenizer.eos_token_id)
         expected = tokenizer.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True)
@@ -346,7 +354,7 @@ def test_kvtp_false_equals_the_plain_model(setup, baseline):
         continuation = " " + "ABCD"[option]  # lmms-eval's target_delimiter + the choice
         ids, pixels, n = inputs(context, doc_id, continuation)
         with torch.inference_mode():
-            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=pixels).logits
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), **pixels).logits
         logprobs = torch.log_softmax(logits[0, -n - 1:-1].float(), -1)
         target = ids[0, -n:]
         ll = float(logprobs.gather(1, target[:, None]).sum())
