@@ -40,6 +40,7 @@ LMMS_DIR = os.environ.get("KVTP_LMMS_EVAL", os.path.join(ROOT, ".lmms-eval"))
 MODEL = "kvtp_llava_onevision"
 MAX_FRAMES = 4
 BUDGET = 0.3
+BASELINE_FPS = 1  # the kvtp=false run samples 1 frame per second of the 2 fps clips (at most MAX_FRAMES)
 
 if not os.path.isdir(os.path.join(LMMS_DIR, "lmms_eval")):
     if os.environ.get("KVTP_REQUIRE_LMMS_EVAL") == "1":  # CI: the tests must run
@@ -258,7 +259,8 @@ def two_processes(setup, summary_lines):
 @pytest.fixture(scope="module")
 def baseline(setup, summary_lines):
     return run_lmms_eval(setup["tmp"], "baseline_1proc", setup,
-                         f"pretrained={setup['model']},kvtp=false,max_frames_num={MAX_FRAMES}", summary=summary_lines)
+                         f"pretrained={setup['model']},kvtp=false,max_frames_num={MAX_FRAMES},fps={BASELINE_FPS}",
+                         summary=summary_lines)
 
 
 def expected_frames(setup) -> list[int]:
@@ -332,14 +334,18 @@ def test_kvtp_false_equals_the_plain_model(setup, baseline):
         cont = tokenizer(continuation, add_special_tokens=False)["input_ids"] if continuation else []
         if not docs[doc_id]["video"]:  # the text-only document
             return torch.tensor([prompts.encode_text(context) + cont]), {}, len(cont)
-        frames, _ = load_video(docs[doc_id]["video"], fps=None, max_frames=MAX_FRAMES)
+        frames, _ = load_video(docs[doc_id]["video"], fps=BASELINE_FPS, max_frames=MAX_FRAMES)
         before, after = prompts.encode(context)
         ids = torch.tensor([before + [vm.video_token_id] * vm.placeholders(frames.shape[0]) + after + cont])
         return ids, {"pixel_values_videos": vm.pixel_values([frames])}, len(cont)
 
+    frames_at_fps = [load_video(d["video"], fps=BASELINE_FPS, max_frames=MAX_FRAMES)[0].shape[0] if d["video"] else 0
+                     for d in docs]
+    assert frames_at_fps != expected_frames(setup)  # fps= changes the sampling of these clips
     checked = 0
     for (doc_id, _), (context, stats, response) in baseline.requests(GEN_TASK).items():
         assert stats["kvtp"] is False and stats["llm_tokens_after"] == stats["llm_tokens_before"]
+        assert stats["num_frames"] == frames_at_fps[doc_id]
         assert stats["kept_per_frame"] == [N] * stats["num_frames"]
         ids, pixels, _ = inputs(context, doc_id)
         with torch.inference_mode():
