@@ -6,7 +6,7 @@
   different random pattern per frame, so that the frames differ and the predictor's scores too;
 - ``docs.json``: one row per document (``id``, ``video`` absolute path or "" for the one
   text-only document, ``question``, ``options``, ``answer`` letter, ``answer_index``), read by
-  lmms-eval through ``dataset_path: json``;
+  lmms-eval through ``dataset_path: json``; one document's "clip" is not a video;
 - ``utils.py``: ``doc_to_visual`` / ``doc_to_text`` / ``doc_to_choice`` / ``doc_to_target``;
 - two tasks: ``kvtp_tiny_gen`` (``generate_until``, exact match of the letter) and
   ``kvtp_tiny_mc`` (``multiple_choice``: one ``loglikelihood`` request per option, accuracy).
@@ -31,8 +31,11 @@ QUESTIONS = [
     ("who is running in the video ?", ["a cat", "a dog", "the man", "a bike"], "C"),
     ("what does the cat do ?", ["running", "phone", "a car", "the dog"], "A"),
     ("who is a dog ?", ["a cat", "a dog", "the man", "a bike"], "B"),
+    ("where is the bike ?", ["in the road", "in the car", "a dog", "a cat"], "A"),
 ]
-FRAMES = [3, 5, 4, 7, 6, 0]  # frames per clip (2 fps); max_frames_num=4 gives T = 3 or 4; 0: a text-only document
+#: Frames per clip (2 fps; max_frames_num=4 gives T = 3 or 4); 0: a text-only document; -1: a file that
+#: is not a video (the model answers "" / -inf and logs the error).
+FRAMES = [3, 5, 4, 7, 6, 0, -1]
 
 UTILS = '''"""doc_to_* functions of the tiny KVTP test tasks (written by tests/lmms_eval_task.py)."""
 
@@ -130,8 +133,12 @@ def build_task(root) -> dict:
     docs = []
     for i, ((question, options, answer), frames) in enumerate(zip(QUESTIONS, FRAMES)):
         video = ""
-        if frames:
+        if frames > 0:
             video = os.path.abspath(write_clip(os.path.join(root, "clips", f"clip{i}.mp4"), frames, seed=i))
+        elif frames < 0:
+            video = os.path.abspath(os.path.join(root, "clips", f"clip{i}.mp4"))
+            with open(video, "wb") as fh:
+                fh.write(b"not a video " * 64)
         docs.append({"id": f"doc{i}", "video": video, "question": question, "options": options,
                      "answer": answer, "answer_index": "ABCD".index(answer)})
     data = os.path.join(root, "docs.json")

@@ -229,7 +229,7 @@ def run_lmms_eval(tmp, name: str, setup: dict, model_args: str, nproc: int = 1, 
     run = Run(out_dir, wall, log)
     if summary is not None:
         summary.append(f"lmms-eval {name}: {nproc} process(es), {wall:.1f} s wall "
-                                     f"(start to exit: imports, model load, 6 docs x 2 tasks, scoring)")
+                                     f"(start to exit: imports, model load, 7 docs x 2 tasks, scoring)")
     return run
 
 
@@ -263,27 +263,43 @@ def baseline(setup, summary_lines):
                          summary=summary_lines)
 
 
-def expected_frames(setup) -> list[int]:
+def frame_counts(docs, fps=None) -> list[int]:
+    """Frames the model sees per document: T, 0 for the text-only one, -1 for the one that is not a video."""
     from kvtp_kernels import load_video
+    from kvtp_kernels.video import VideoDecodeError
 
-    return [load_video(d["video"], fps=None, max_frames=MAX_FRAMES)[0].shape[0] if d["video"] else 0
-            for d in setup["task"]["docs"]]
+    counts = []
+    for doc in docs:
+        try:
+            counts.append(load_video(doc["video"], fps=fps, max_frames=MAX_FRAMES)[0].shape[0] if doc["video"] else 0)
+        except VideoDecodeError:
+            counts.append(-1)
+    return counts
+
+
+def check_broken_video(task: str, stats: dict, response) -> None:
+    """The document whose file is not a video: answered ("" / -inf), the error in its kvtp_stats."""
+    assert set(stats) == {"error"} and stats["error"].startswith("VideoDecodeError: "), stats
+    assert response == ("" if task == GEN_TASK else ["-inf", "False"]), response
 
 
 @pytest.mark.parametrize("which", ["one_process", "two_processes"])
 def test_every_document_answered_once_with_its_kvtp_stats(setup, which, request):
     run = request.getfixturevalue(which)
     docs = setup["task"]["docs"]
-    frames = expected_frames(setup)
-    assert set(frames) == {0, 3, 4}  # mixed frame counts and a text-only document
+    frames = frame_counts(docs)
+    assert set(frames) == {-1, 0, 3, 4}  # mixed frame counts, a text-only document, a broken video
     for task in TASKS:
         ids = [s["doc_id"] for s in run.samples[task]]
         assert sorted(ids) == list(range(len(docs))), (task, ids)
         table = run.requests(task)
         per_doc = 1 if task == GEN_TASK else 4  # one loglikelihood request per option
         assert len(table) == len(docs) * per_doc
-        for (doc_id, _), (_, stats, _) in table.items():
+        for (doc_id, _), (_, stats, response) in table.items():
             T = frames[doc_id]
+            if T < 0:
+                check_broken_video(task, stats, response)
+                continue
             K = math.floor(BUDGET * T * N + 0.5)
             assert stats["kvtp"] is True and stats["method"] == "prumerge"
             if T == 0:  # text-only: nothing to prune, no query
@@ -302,16 +318,16 @@ def test_every_document_answered_once_with_its_kvtp_stats(setup, which, request)
 
 
 def test_two_processes_match_one(one_process, two_processes):
-    # the two runs really split the work: rank 0's progress bar counts its share of the 24 option requests
-    # (docs 0, 2, 4 -> 12), the single process all 24
-    assert re.search(r"loglikelihood: 100%\|[^|]*\| 24/24", one_process.log), one_process.log[-4000:]
-    assert re.search(r"loglikelihood: 100%\|[^|]*\| 12/12", two_processes.log), two_processes.log[-4000:]
+    # the two runs really split the work: rank 0's progress bar counts its share of the 28 option requests
+    # (docs 0, 2, 4, 6 -> 16), the single process all 28
+    assert re.search(r"loglikelihood: 100%\|[^|]*\| 28/28", one_process.log), one_process.log[-4000:]
+    assert re.search(r"loglikelihood: 100%\|[^|]*\| 16/16", two_processes.log), two_processes.log[-4000:]
     assert "2 process(es)" in two_processes.log and "on rank 1" in two_processes.log
     for task in TASKS:
         one, two = one_process.requests(task), two_processes.requests(task)
         assert one.keys() == two.keys()
         for key in one:
-            assert one[key][1]["kept_per_frame"] == two[key][1]["kept_per_frame"], (task, key)
+            assert one[key][1] == two[key][1], (task, key)  # kept_per_frame and the rest of kvtp_stats
             assert one[key][2] == two[key][2], (task, key)  # same answers (same arithmetic per process)
 
 
@@ -339,11 +355,14 @@ def test_kvtp_false_equals_the_plain_model(setup, baseline):
         ids = torch.tensor([before + [vm.video_token_id] * vm.placeholders(frames.shape[0]) + after + cont])
         return ids, {"pixel_values_videos": vm.pixel_values([frames])}, len(cont)
 
-    frames_at_fps = [load_video(d["video"], fps=BASELINE_FPS, max_frames=MAX_FRAMES)[0].shape[0] if d["video"] else 0
-                     for d in docs]
-    assert frames_at_fps != expected_frames(setup)  # fps= changes the sampling of these clips
+    frames_at_fps = frame_counts(docs, BASELINE_FPS)
+    assert frames_at_fps != frame_counts(docs)  # fps= changes the sampling of these clips
     checked = 0
     for (doc_id, _), (context, stats, response) in baseline.requests(GEN_TASK).items():
+        checked += 1
+        if frames_at_fps[doc_id] < 0:
+            check_broken_video(GEN_TASK, stats, response)
+            continue
         assert stats["kvtp"] is False and stats["llm_tokens_after"] == stats["llm_tokens_before"]
         assert stats["num_frames"] == frames_at_fps[doc_id]
         assert stats["kept_per_frame"] == [N] * stats["num_frames"]
@@ -354,8 +373,11 @@ def test_kvtp_false_equals_the_plain_model(setup, baseline):
                                  eos_token_id=tokenizer.eos_token_id)
         expected = tokenizer.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True)
         assert response == expected, (doc_id, response, expected)
-        checked += 1
     for (doc_id, option), (context, stats, response) in baseline.requests(MC_TASK).items():
+        checked += 1
+        if frames_at_fps[doc_id] < 0:
+            check_broken_video(MC_TASK, stats, response)
+            continue
         assert stats["kvtp"] is False and stats["kept_per_frame"] == [N] * stats["num_frames"]
         continuation = " " + "ABCD"[option]  # lmms-eval's target_delimiter + the choice
         ids, pixels, n = inputs(context, doc_id, continuation)
@@ -368,5 +390,4 @@ def test_kvtp_false_equals_the_plain_model(setup, baseline):
         got_ll, got_greedy = response  # lmms-eval writes the pair as strings
         assert float(got_ll) == pytest.approx(ll, rel=1e-5, abs=1e-5), (doc_id, option, response, ll)
         assert got_greedy == str(greedy), (doc_id, option, response, greedy)
-        checked += 1
     assert checked == len(docs) * 5
