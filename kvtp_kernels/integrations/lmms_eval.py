@@ -113,8 +113,8 @@ try:
     from lmms_eval.api.instance import GenerationResult, TokenCounts
     from lmms_eval.api.model import lmms
 except ImportError as _exc:  # pragma: no cover - exercised by the import test without lmms-eval
-    raise ImportError("kvtp_kernels.integrations.lmms_eval needs lmms-eval 0.7.3 "
-                      "(pip install 'kvtp-kernels[lmms-eval]'; from a source checkout: bash tools/install_lmms_eval.sh)"
+    raise ImportError("kvtp_kernels.integrations.lmms_eval needs lmms-eval 0.7.3: pip install '.[lmms-eval]' in "
+                      "the kvtp_kernels checkout, or bash tools/install_lmms_eval.sh there and PYTHONPATH=.lmms-eval"
                       ) from _exc
 
 from ..video import VideoDecodeError, load_video
