@@ -101,6 +101,63 @@ def test_gpu_tiles_keep_counts_long_video(gpu_tiles):
 
 
 # ----------------------------------------------------------------------------------
+# Near ties: data whose decisions are exact ties in exact arithmetic and stay exact ties
+# in float64 whatever the order of the sums (scaling by powers of two commutes with
+# rounding, FMA or not; duplicates compute the same values). A GPU that contracted a
+# product into an FMA in one place but not another, or two kernels that recomputed the
+# counts in different reduction trees, would break them; on CUDA these run compiled.
+# ----------------------------------------------------------------------------------
+def _scaled_duplicates(B, T, N, D, dtype):
+    """Tokens where most of a frame are power-of-two multiples or copies of a few tokens."""
+    tokens = torch.randn(B, T, N, D).to(dtype)
+    scales = torch.tensor([1.0, 2.0, 0.5, 4.0, 0.25, 8.0, 1.0])
+    for n in range(3, N):
+        tokens[:, :, n] = tokens[:, :, n % 3] * scales[n % len(scales)]
+    return tokens
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_near_tie_scaled_duplicate_tokens(gpu_tiles, dtype):
+    B, T, N = 2, 5, 21
+    D = 300 if gpu_tiles == "gpu" else 40  # several slices of D at the GPU sizes
+    tokens = _scaled_duplicates(B, T, N, D, dtype)
+    scores = ref.distinctiveness_ref(tokens)
+    assert (scores[..., 3:] == scores[..., torch.arange(3, N) % 3]).all()  # exact ties in the reference
+    for budget in (0.3, 0.5, 17):  # cuts inside tie groups
+        _prune_both(tokens, torch.randn(B, T), budget, min_tokens_per_frame=1)
+
+
+def test_near_tie_equal_logits(gpu_tiles):
+    """Equal frame logits (copies and power-of-two multiples of one frame embedding, equal
+    given scores): equal probabilities, remainders that tie, resolved by frame index; the
+    prune reads the counts that keep_counts computes."""
+    B, T, N, E = 2, 12, 9, 40
+    frame_embeds = torch.randn(B, T, E)
+    frame_embeds[:, 4:] = frame_embeds[:, :1] * torch.tensor([1.0, 2.0, 4.0, 0.5])[torch.arange(T - 4) % 4, None]
+    embeds = dict(frame_embeds=frame_embeds, query_embeds=torch.randn(B, 3, E), logit_scale=1.3, logit_bias=-2.0)
+    logits = ref.frame_scores_ref(frame_embeds, embeds["query_embeds"], 1.3, -2.0)
+    assert (logits[:, 4:] == logits[:, :1]).all()
+    tokens = torch.randn(B, T, N, 8)
+    equal = torch.zeros(B, T)
+    for budget in (7, 0.5, T * N - 5):
+        out = _prune_both(tokens, None, budget, **embeds)
+        assert torch.equal(out.frame_counts, kvtp_kernels.keep_counts(logits, budget, N, backend="triton"))
+        out = _prune_both(tokens, equal, budget, min_tokens_per_frame=0)
+        counts = kvtp_kernels.keep_counts(equal, budget, N, backend="triton")
+        assert torch.equal(out.frame_counts, counts)
+        assert (counts.diff(dim=1) <= 0).all()  # the remainder goes to the lower frame indices
+
+
+def test_near_tie_parallel_frame_embeds_paper():
+    """Paper counts of power-of-two-parallel frame embeddings: same decisions as the reference."""
+    B, T, E = 1, 16, 24
+    frame_embeds = torch.randn(B, 1, E) * torch.tensor([1.0, 2.0, 0.25, 8.0] * 4)[None, :, None]
+    tokens = torch.randn(B, T, 10, 4)
+    _prune_both(tokens, None, 0.4, allocation="paper", frame_embeds=frame_embeds,
+                query_embeds=torch.randn(B, 2, E))
+
+
+# ----------------------------------------------------------------------------------
 # Allocation corner cases (the kernel follows exact_counts_ref step by step)
 # ----------------------------------------------------------------------------------
 def _hard_scores(T=24):
@@ -353,6 +410,8 @@ _COMPILE_FOR_SM90 = textwrap.dedent("""
             assert kernel.fn.__name__ == "_copy_rows_kernel"
             assert grid[0] * grid[1] >= 264, grid
             assert len(re.findall(r"ld\\.global[^\\n]*v4", compiled.asm["ptx"])) >= 8
+        if number == 3:  # similarity and distinctiveness sums: products rounded on their own, never FMAs
+            assert kernel.fn.__name__ == "_plan_kernel" and "mul.rn.f64" in compiled.asm["ptx"]
     print("compiled", len(launches))
 """)
 
