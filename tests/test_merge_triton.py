@@ -102,6 +102,32 @@ def test_gpu_tiles_neighbour_counts(gpu_tiles, N, num_neighbors):
         check(tokens, tokens, weights, indices, num_neighbors, mean)
 
 
+def test_gpu_tiles_near_tie_parallel_keys(gpu_tiles):
+    """Parallel keys (power-of-two multiples and copies of four keys) whose cosines tie
+    exactly in every implementation: each base key has 64 entries +-1 and the rest 0, so
+    |k| is a power of two, every product and sum is exact (FMA or not, in any order: BLAS
+    on the CPU, DMMA on a GPU) and cosines are multiples of 1/64. Neighbours are then
+    decided by the tie rule alone (lowest index first) and must be the reference's."""
+    B, T, N, Dk = 1, 3, 29, 150  # 3 (gpu) / 10 (tiny) chunks of keys
+    base = torch.zeros(B, T, 4, Dk)
+    for f in range(T):
+        for g in range(4):
+            base[0, f, g, torch.randperm(Dk)[:64]] = torch.randint(0, 2, (64,)).float() * 2 - 1
+    scales = torch.tensor([1.0, 2.0, 0.5, 4.0, 0.125])
+    keys = base[:, :, torch.arange(N) % 4] * scales[torch.arange(N) % len(scales), None]
+    cos = ref.cosine_gram_ref(keys)
+    assert (cos[..., 4:, :] == cos[..., torch.arange(4, N) % 4, :]).all()  # exact ties in the reference
+    tokens = torch.randn(B, T, N, 12, dtype=torch.float64)
+    weights = torch.rand(B, T, N, dtype=torch.float64)
+    indices = kept_indices(N, [12, N, 5])
+    for num_neighbors in (3, 11, N - 1):
+        for mean in (False, True):
+            out = check(tokens, keys, weights, indices, num_neighbors, mean)
+            cpu = torch.ops.kvtp.merge_neighbors(tokens.cpu(), keys.cpu(), weights.cpu(), indices.cpu(),
+                                                 num_neighbors, mean)
+            torch.testing.assert_close(out.cpu(), cpu, atol=1e-12, rtol=1e-12)
+
+
 # ----------------------------------------------------------------------------------
 # Inputs
 # ----------------------------------------------------------------------------------

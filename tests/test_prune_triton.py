@@ -132,9 +132,16 @@ def test_near_tie_equal_logits(gpu_tiles):
     given scores): equal probabilities, remainders that tie, resolved by frame index; the
     prune reads the counts that keep_counts computes."""
     B, T, N, E = 2, 12, 9, 40
-    frame_embeds = torch.randn(B, T, E)
+
+    def signs(*shape):  # 16 entries +-1, the rest 0: norm 4, every product and sum exact on any device
+        x = torch.zeros(*shape, E)
+        for row in x.view(-1, E):
+            row[torch.randperm(E)[:16]] = torch.randint(0, 2, (16,)).float() * 2 - 1
+        return x
+
+    frame_embeds = signs(B, T)
     frame_embeds[:, 4:] = frame_embeds[:, :1] * torch.tensor([1.0, 2.0, 4.0, 0.5])[torch.arange(T - 4) % 4, None]
-    embeds = dict(frame_embeds=frame_embeds, query_embeds=torch.randn(B, 3, E), logit_scale=1.3, logit_bias=-2.0)
+    embeds = dict(frame_embeds=frame_embeds, query_embeds=signs(B, 3), logit_scale=1.3, logit_bias=-2.0)
     logits = ref.frame_scores_ref(frame_embeds, embeds["query_embeds"], 1.3, -2.0)
     assert (logits[:, 4:] == logits[:, :1]).all()
     tokens = torch.randn(B, T, N, 8)
