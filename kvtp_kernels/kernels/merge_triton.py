@@ -11,8 +11,8 @@ last: the order of ``reference.rank_ref``) are folded into it:
 Two launches per call (one when ``num_neighbors == 0``), no host sync:
 
 A. ``_merge_select_kernel``, grid ``(B*T, P)``: program ``(f, p)`` takes the blocks p, p + P,
-   p + 2P, ... of ROWS kept rows of frame f (16 warps); P = ``cdiv(2 * R / (B*T), ROWS)``
-   (at most ``cdiv(N, ROWS)``) covers twice the average rows per frame. Each program
+   p + 2P, ... of ROWS kept rows of frame f (16 warps); P = ``cdiv(N, ROWS)`` (on a GPU:
+   one block per program). Each program
 
    1. finds its frame's rows ``[row_begin, row_end)`` of ``indices`` on the device: the
       lower bounds of ``f*N`` and ``(f+1)*N`` in the sorted ``indices``, by a SEARCH-ary
@@ -33,10 +33,11 @@ A. ``_merge_select_kernel``, grid ``(B*T, P)``: program ``(f, p)`` takes the blo
       all (W != 0) to a workspace of R x M pairs (12-16 bytes each: ~0.5 MB at the
       headline, against the 36 MB of kept rows).
 
-B. ``_merge_rows_kernel``, grid ``(cdiv(R, 4), cdiv(D, BLOCK_D))``: one warp per kept row
-   and BLOCK_D columns (16 bytes per lane), the M neighbour rows read one after the other
-   (the next one's loads issued before this one's math) and accumulated in registers. No
-   CTA-wide step: no barrier, no shuffle, every SM busy (8792 CTAs at the headline).
+B. ``_merge_rows_kernel``, grid ``(cdiv(R, 8), cdiv(D, BLOCK_D))``: a warp takes two kept
+   rows and BLOCK_D columns (16 bytes per lane), the M neighbour rows read one after the
+   other (the next one's loads issued before this one's math) and accumulated in
+   registers. No CTA-wide step: no barrier, no shuffle, every SM busy (4396 CTAs at the
+   headline).
    Only neighbours are read (unlike ``W @ X_frame`` with zero weights, where 0 * NaN would
    let a non-finite token poison every row of its frame).
 
@@ -62,11 +63,15 @@ rows of a frame that is not contiguous in ``indices`` get unspecified values; no
 read out of bounds (neighbour tokens are checked against ``[0, N)``).
 
 Cost, modelled (not measured), at the headline (B=1, T=64, N=196, D=Dk=3584 bf16,
-beta=0.2: R=2509 rows, M=32) on an H100 SXM: A does R x N x Dk = 1.76 G float64 MACs on
-the DMMA units (67 TFLOPS: ~53 us) and reads each frame's keys (1.4 MB) once per block
-of 16 rows from L2 (~220 blocks, 0.3 GB); B moves R x M x D x 2 = 575 MB of neighbour
-rows, mostly L2 hits (a frame's 1.4 MB is read by all its rows), plus 18 MB of output:
-~105 us at ~5.5 TB/s of L2 bandwidth. Total ~0.16 ms.
+beta=0.2: R=2509 rows, M=32) on an H100 SXM. A: ~200 blocks of 16 x 256 (N padded) x
+3584 float64 MACs (6.4 GFLOP; the unpadded R x N x Dk is 3.5) on the DMMA units, ~58 us
+per block at an SM's share of the 67 TFLOPS peak, plus ~20 us of selection (64
+bisection steps and M list steps, each a cross-warp count); one CTA per SM, two waves:
+~0.16 ms. Each block reads its frame's keys (1.4 MB) once from L2 (0.3 GB in all).
+B: R x M x D x 2 = 575 MB of neighbour rows, but a CTA's 8 rows touch at most
+min(8 M, N) = 196 distinct rows of their frame per column tile, so ~0.23 GB come from
+L2 (~42 us at ~5.5 TB/s) and the rest hits L1. Total ~0.2 ms, bounded by A's float64
+cosines; the selection is still CTA-wide (its counts reduce across the 16 warps).
 
 Inputs are loaded only in the kernel body (helpers get values), so torch.compile's
 mutation analysis of user kernels sees only the outputs and workspaces as written (see
@@ -101,10 +106,13 @@ _GPU_ROWS = 16
 _GPU_SEARCH = 256  # probes per step of the row-range search: 2 steps up to 65536 kept rows
 _MIN_DOT = 16  # smallest K of a float64 tl.dot on every Triton 3.x (3.8 allows 4)
 _NUM_WARPS_SELECT = 16
-# The rows kernel: 4 warps, one kept row each; a lane loads 16 bytes of a row per
-# neighbour (BLOCK_D = 32 x 16 bytes / _GPU_ROWS_LANE_DIVISOR). Tests set the divisor
-# higher to take several column tiles at small D.
+# The rows kernel: 4 warps, 8 kept rows (2 per warp); a lane loads 16 bytes of a row per
+# neighbour (BLOCK_D = 32 x 16 bytes / _GPU_ROWS_LANE_DIVISOR). 8 consecutive rows mostly
+# share a frame, so their neighbours' rows are read from L2 once per CTA and then hit L1.
+# 16 rows per CTA would need ~160 registers (3 CTAs per SM), 4 leaves L1 reuse unused.
+# Tests set the divisor higher to take several column tiles at small D.
 _NUM_WARPS_ROWS = 4
+_GPU_ROWS_PER_CTA = 8
 _GPU_ROWS_LANE_DIVISOR = 1
 # Under TRITON_INTERPRET=1 every Triton op costs ~0.1-1 ms of Python whatever its size, so
 # the interpreter runs the same kernel with much bigger tiles (all rows of a frame in one
@@ -293,11 +301,12 @@ def _merge_rows_kernel(
 ):
     """Grid (cdiv(R, ROWS), cdiv(D, BLOCK_D)): ``out[r, d-chunk]`` for ROWS kept rows.
 
-    One warp per row on a GPU (ROWS = num_warps; a [ROWS, BLOCK_D] tile puts a row's
-    BLOCK_D columns across the 32 lanes of one warp, 16 bytes per lane): the row's M
+    On a GPU a [ROWS, BLOCK_D] tile puts a row's BLOCK_D columns across the 32 lanes of
+    one warp, 16 bytes per lane (ROWS = 2 x num_warps: two rows per warp): the rows' M
     neighbours are read one after the other (the next one's loads issued before this
-    one's math) and accumulated in registers, float32 for float16/bfloat16 tokens and
-    float64 for float32/float64 ones; then rounded once to the tokens' dtype.
+    one's math, its token two steps ahead) and accumulated in registers, float32 for
+    float16/bfloat16 tokens and float64 for float32/float64 ones; then rounded once to the
+    tokens' dtype.
 
     - ``mean=False``: ``y = x_i + sum_m coefs[r, m] x_j``;
     - ``mean=True``:  ``y = x_i + sum_m coefs[r, m] (x_j - x_i)``, or ``x_i`` itself (bit for
@@ -395,7 +404,7 @@ def _select_blocks(R: int, N: int, Dk: int, num_neighbors: int) -> dict:
 
 
 def _rows_blocks(R: int, D: int, element_size: int) -> dict:
-    """[ROWS, BLOCK_D] tiles of ``_merge_rows_kernel``: a row per warp, 16 bytes per lane.
+    """[ROWS, BLOCK_D] tiles of ``_merge_rows_kernel``: two rows per warp, 16 bytes per lane.
 
     BLOCK_D: 32 lanes x 16 bytes, halved while that pads D less (D = 3584 bf16: 256).
     """
@@ -405,7 +414,7 @@ def _rows_blocks(R: int, D: int, element_size: int) -> dict:
     widest = max(1, 32 * 16 // element_size // _GPU_ROWS_LANE_DIVISOR)
     widths = [widest >> k for k in range(4) if widest >> k >= 1]
     block_d = min(widths, key=lambda w: (triton.cdiv(D, w) * w, -w))
-    return dict(ROWS=_NUM_WARPS_ROWS, BLOCK_D=min(block_d, _pow2(D, lo=1)))
+    return dict(ROWS=_GPU_ROWS_PER_CTA, BLOCK_D=min(block_d, _pow2(D, lo=1)))
 
 
 def _check(name: str, ok: bool, expected: str, tensor: torch.Tensor) -> None:
@@ -462,11 +471,11 @@ def merge_neighbors_triton(
     merging = torch.empty((R,), dtype=torch.int32, device=device)
     if M > 0:
         blocks = _select_blocks(R, N, Dk, M)
-        # P programs per frame, enough for twice the average number of kept rows per frame: a
-        # frame keeping more loops over its blocks, and fewer programs find nothing to do
-        # (KVTP's counts range from 0 to N per frame).
-        rows = blocks["ROWS"]
-        grid = (B * T, max(1, min(triton.cdiv(N, rows), triton.cdiv(2 * R, B * T * rows))))
+        # P = cdiv(N, ROWS) programs per frame, one per block a frame can have: KVTP's counts
+        # range from 0 to N per frame, and a frame keeping N rows would otherwise run its
+        # blocks one after the other (at 16 x 256 x 3584 float64 MACs, ~58 us each at an
+        # SM's share of the DMMA peak). Programs past their frame's rows stop after the search.
+        grid = (B * T, triton.cdiv(N, blocks["ROWS"]))
         torch.library.wrap_triton(_merge_select_kernel)[grid](
             merge_keys, *merge_keys.stride(),
             weights, *weights.stride(),
