@@ -84,6 +84,14 @@ _GPU_COPY_BYTES_PER_THREAD = 128  # copy tile: 8 loads of 16 bytes in flight per
 _GPU_DISTINCT_SLOTS = 2 * 132
 _GPU_MAX_SPLITS = 64
 _NUM_WARPS_PLAN = 8
+# Long videos: the per-video float64 vectors of the allocation ([BLOCK_T] each, a dozen
+# live at once) need 16 warps from BLOCK_T = 512 on, or they spill.
+_NUM_WARPS_PLAN_LONG = 16
+_LONG_VIDEO = 512
+
+
+def _plan_warps(T: int) -> int:
+    return _NUM_WARPS_PLAN_LONG if triton.next_power_of_2(T) >= _LONG_VIDEO else _NUM_WARPS_PLAN
 _NUM_WARPS_SELECT = 4
 _NUM_WARPS_COPY = 4
 
@@ -575,15 +583,15 @@ def _frame_blocks(T: int, E: int, embed_size: int, with_distinct: bool = False) 
     ``with_distinct``: the launch also runs distinctiveness programs.
     """
     block_t = _pow2(T)
-    compare = _per_thread(_GPU_COMPARE_PER_THREAD, _NUM_WARPS_PLAN)
+    compare = _per_thread(_GPU_COMPARE_PER_THREAD, _plan_warps(T))
     embed = _GPU_EMBED_PER_THREAD_SHARED if with_distinct else _GPU_EMBED_PER_THREAD
-    block_e = _fit(_per_thread(embed, _NUM_WARPS_PLAN), block_t, E)
+    block_e = _fit(_per_thread(embed, _plan_warps(T)), block_t, E)
     return dict(
         BLOCK_T=block_t,
         CHUNK_T=min(block_t, _fit(compare // 2, block_t, T)),  # g tile: [BLOCK_T, 2, CHUNK_T]
         BLOCK_E=block_e,
         VEC_E=max(1, min(block_e, 16 // embed_size)),
-        BLOCK_F=_fit(_per_thread(8, _NUM_WARPS_PLAN), 1, 1 << 30),  # earlier frames' given counts
+        BLOCK_F=_fit(_per_thread(8, _plan_warps(T)), 1, 1 << 30),  # earlier frames' given counts
     )
 
 
@@ -597,7 +605,7 @@ def _distinct_plan(B: int, T: int, N: int, D: int, element_size: int) -> tuple[i
     one slice per frame in the interpreter.
     """
     block_n = _pow2(N)
-    block_d = _fit(_per_thread(_GPU_DISTINCT_PER_THREAD, _NUM_WARPS_PLAN), block_n, D)
+    block_d = _fit(_per_thread(_GPU_DISTINCT_PER_THREAD, _plan_warps(T)), block_n, D)
     vec = max(1, min(block_d, 16 // element_size))
     chunks = triton.cdiv(D, block_d)
     splits = 1
@@ -653,7 +661,7 @@ def _launch_plan(grid, counts, frame_cu_seqlens, cu_seqlens, frame_inputs, count
         sizes["B"], sizes["T"], sizes["N"], sizes["D"], sizes["E"], sizes["C"], sizes["budget"],
         sizes["min_tokens"], _f64_bits(sizes["temperature"]), _f64_bits(sizes["ratio_frames"]),
         sizes["split_cols"], sizes["splits"],
-        num_warps=_NUM_WARPS_PLAN, **flags,
+        num_warps=_plan_warps(sizes["T"]), **flags,
     )
 
 
