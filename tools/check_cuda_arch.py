@@ -52,11 +52,12 @@ def main() -> int:
     want_elf, want_ptx = expected(arch_list)
     cuobjdump = tool("cuobjdump")
 
-    def listed(flag: str, kind: str) -> set[str]:
-        out = subprocess.run([cuobjdump, flag, C.__file__], capture_output=True, text=True).stdout
-        return set(re.findall(rf"\.({kind}_\d+a?)\.", out))
+    def listed(flag: str, suffix: str) -> set[str]:  # "pack_cuda.sm_100.ptx" -> "100"
+        out = subprocess.run([cuobjdump, flag, C.__file__], capture_output=True, text=True, check=True).stdout
+        return set(re.findall(rf"\.(?:sm|compute)_(\d+a?)\.{suffix}\b", out))
 
-    have_elf, have_ptx = listed("--list-elf", "sm"), listed("--list-ptx", "compute")
+    have_elf = {f"sm_{a}" for a in listed("--list-elf", "cubin")}
+    have_ptx = {f"compute_{a}" for a in listed("--list-ptx", "ptx")}
     print(f"[check_cuda_arch] {os.path.basename(C.__file__)}: ELF {sorted(have_elf)}, PTX {sorted(have_ptx)} "
           f"(expected from {arch_list!r}: ELF {sorted(want_elf)}, PTX {sorted(want_ptx)})")
     missing = sorted(want_elf - have_elf) + sorted(want_ptx - have_ptx)
