@@ -113,6 +113,14 @@ def resource_usage(binary: str) -> dict[str, tuple[int, int, int, int]]:
     return usage
 
 
+def demangle(name: str) -> str:
+    """The function name without namespaces and arguments (``c++filt``), or ``name`` without it."""
+    filt = shutil.which("c++filt")
+    if filt:
+        name = subprocess.run([filt, name], capture_output=True, text=True).stdout.strip() or name
+    return name.replace("(anonymous namespace)", "").split("(")[0].split("::")[-1]
+
+
 def spill_bytes(ptx: str, capability: int) -> int:
     """Spill stores + loads (bytes per thread) that ``ptxas -v`` reports for the PTX."""
     from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability

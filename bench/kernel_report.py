@@ -229,8 +229,8 @@ def cuda_table() -> str:
     if not ops.HAS_CPP or not kvtp_kernels._C.WITH_CUDA:
         return "(the extension was built without CUDA kernels)"
     usage = km.resource_usage(kvtp_kernels._C.__file__)
-    lines = [[key.split("@")[0][:60], key.split("@")[1], *v] for key, v in sorted(usage.items())]
-    return _table(["CUDA kernel (mangled)", "arch", "regs", "stack B", "static smem B", "local B"], lines)
+    lines = [[km.demangle(key.split("@")[0]), key.split("@")[1], *v] for key, v in sorted(usage.items())]
+    return _table(["CUDA kernel", "arch", "regs", "stack B", "static smem B", "local B"], lines)
 
 
 def main(argv=None) -> int:
