@@ -8,13 +8,14 @@
 #
 #   1. build:      MAX_JOBS=16 pip install --no-build-isolation --no-deps -e .
 #   2. near-ties:  the near-tie tests of the Triton kernels on CUDA (interpreter off)
-#   3. tests:      the rest of tests/test_prune_triton.py, test_merge_triton.py, and the
+#   3. memcheck:   compute-sanitizer --tool memcheck  python tools/gpu_driver.py
+#   4. racecheck:  compute-sanitizer --tool racecheck python tools/gpu_driver.py
+#   5. tests:      the rest of tests/test_prune_triton.py, test_merge_triton.py, and the
 #                  CUDA cases of test_pack.py, on CUDA
-#   4. bench:      kvtp bench on CUDA (prune: ours eager / CUDA graph / torch.compile,
-#                  naive, torch, torch.compile, index_select and clone roofs, given and
-#                  distinctiveness scores; PruMerge; pack; the tiny end-to-end prefill)
-#   5. memcheck:   compute-sanitizer --tool memcheck  python tools/gpu_driver.py
-#   6. racecheck:  compute-sanitizer --tool racecheck python tools/gpu_driver.py
+#   6. bench:      kvtp bench on CUDA, bfloat16 (prune: ours eager / CUDA graph /
+#                  torch.compile, naive, torch, torch.compile, index_select and clone roofs,
+#                  given and distinctiveness scores; PruMerge; pack), then the tiny
+#                  end-to-end prefill (float32)
 #   7. summary:    tools/gpu_summary.py: each step, every ratio against its target
 #
 # OUTDIR gets gpu_check.log (everything), steps.tsv, bench.csv, summary.txt.
@@ -113,13 +114,19 @@ if (( dry )); then
   step driver-cpu 300 env TRITON_INTERPRET=1 "$py" tools/gpu_driver.py --device cpu
   step bench-cpu-one-point 300 "$py" "${BENCH_DRY[@]}"
 else
+  # Most decisive first: when time runs short, the last steps are the ones skipped.
   step build 200 env MAX_JOBS=16 "$py" -m pip install --no-build-isolation --no-deps -e . -q
   step near-tie-tests 90 env TRITON_INTERPRET=0 "$py" -m pytest -q -rs -k "$SELECT_TIES" $TESTS
-  step cuda-tests 150 env TRITON_INTERPRET=0 "$py" -m pytest -q -rs -k "$SELECT_REST" $TESTS
-  step bench 200 "$py" -m bench.run --device cuda --bench prune,methods,pack,e2e --no-progress --csv "$out/bench.csv"
   sanitizer=$(find_tool compute-sanitizer || echo compute-sanitizer)
   step memcheck 75 "$sanitizer" --tool memcheck --error-exitcode 1 "$py" tools/gpu_driver.py
   step racecheck 75 "$sanitizer" --tool racecheck --error-exitcode 1 "$py" tools/gpu_driver.py
+  step cuda-tests 150 env TRITON_INTERPRET=0 "$py" -m pytest -q -rs -k "$SELECT_REST" $TESTS
+  # One bench per process: each appends its rows when it ends, so a later timeout keeps them.
+  step bench-prune 150 "$py" -m bench.run --device cuda --bench prune --dtype bfloat16 --no-progress \
+    --csv "$out/bench.csv"
+  step bench-methods-pack 90 "$py" -m bench.run --device cuda --bench methods,pack --dtype bfloat16 --no-progress \
+    --csv "$out/bench.csv"
+  step bench-e2e 45 "$py" -m bench.run --device cuda --bench e2e --no-progress --csv "$out/bench.csv"
 fi
 "$py" tools/gpu_summary.py "$out" || failed=1
 echo "[gpu_check] done in $(( $(date +%s) - start )) s"
