@@ -118,8 +118,12 @@ else
   step build 200 env MAX_JOBS=16 "$py" -m pip install --no-build-isolation --no-deps -e . -q
   step near-tie-tests 90 env TRITON_INTERPRET=0 "$py" -m pytest -q -rs -k "$SELECT_TIES" $TESTS
   sanitizer=$(find_tool compute-sanitizer || echo compute-sanitizer)
-  step memcheck 75 "$sanitizer" --tool memcheck --error-exitcode 1 "$py" tools/gpu_driver.py
-  step racecheck 75 "$sanitizer" --tool racecheck --error-exitcode 1 "$py" tools/gpu_driver.py
+  # No caching allocator under the sanitizer: every tensor its own allocation, so an access past
+  # its end is caught rather than landing in a neighbour inside the same pooled block.
+  step memcheck 75 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool memcheck --error-exitcode 1 \
+    "$py" tools/gpu_driver.py
+  step racecheck 75 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool racecheck --error-exitcode 1 \
+    "$py" tools/gpu_driver.py
   step cuda-tests 150 env TRITON_INTERPRET=0 "$py" -m pytest -q -rs -k "$SELECT_REST" $TESTS
   # One bench per process: each appends its rows when it ends, so a later timeout keeps them.
   step bench-prune 150 "$py" -m bench.run --device cuda --bench prune --dtype bfloat16 --no-progress \
