@@ -70,7 +70,7 @@ def test_arch_list_expectations():
         check_cuda_arch.expected("sm_90")
 
 
-def test_gpu_summary_ratios(tmp_path):
+def test_gpu_summary_ratios(tmp_path, monkeypatch):
     header = ("bench,device,device_name,dtype,shape,params,provider,role,median_ms,sync_free,status\n")
     rows = [("ours", "ours", "0.010", "true"), ("naive", "baseline", "0.500", ""), ("torch", "baseline", "0.020", ""),
             ("torch.compile", "baseline", "0.020", ""), ("roof_index_select", "roof", "0.008", "")]
@@ -80,7 +80,7 @@ def test_gpu_summary_ratios(tmp_path):
             f.write(f"prune,cuda,H100,bfloat16,B=1 T=64 N=196 D=3584,beta=0.2 scores=given,{provider},{role},{ms},"
                     f"{sync},ok\n")
     (tmp_path / "steps.tsv").write_text("build\tpassed\t90\t\ntests\tFAILED\t10\texit status 1\n")
-    sys.argv = ["gpu_summary.py", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", ["gpu_summary.py", str(tmp_path)])
     assert gpu_summary.main() == 1  # a failed step
     text = (tmp_path / "summary.txt").read_text()
     assert "ours 50.00x faster than naive (target >= 20x): met" in text
