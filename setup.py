@@ -7,7 +7,10 @@ Environment:
   KVTP_BUILD_CUDA        "auto" (default): CUDA kernels when torch has CUDA and nvcc is
                          found; "1": require them; "0": CPU kernels only.
   CUDA_HOME              CUDA toolkit (default /usr/local/cuda when it exists).
-  TORCH_CUDA_ARCH_LIST   GPU architectures (default "9.0" when no GPU is visible).
+  TORCH_CUDA_ARCH_LIST   GPU architectures. Unset: the visible GPUs' (torch's own default), or
+                         with no GPU visible DEFAULT_ARCH_LIST below (A100, RTX 30xx/A6000,
+                         L4/L40S/RTX 4090, H100/H200, B200, plus PTX of the newest so later
+                         GPUs JIT it). Narrow it for a faster build, e.g. "9.0".
   MAX_JOBS               parallel compile jobs (ninja).
 """
 
@@ -24,6 +27,7 @@ import torch  # noqa: E402
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCH_LIST = "8.0;8.6;8.9;9.0;10.0+PTX"
 CSRC = os.path.join("csrc")
 
 
@@ -52,7 +56,7 @@ def extensions():
     cxx_flags = ["-O3", "-fopenmp"]
     if _want_cuda():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
         print(f"kvtp_kernels: building C++ CPU kernels {cpp_sources} and CUDA kernels {cuda_sources} "
               f"(CUDA_HOME={CUDA_HOME}, TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', 'auto')})")
         return [CUDAExtension(

@@ -214,7 +214,7 @@ def _merge_select_kernel(
                                   mask=row_ok[:, None] & valid_k[None, :], other=key_zero)
             k_frame_next = tl.load(col_keys + offs_k.to(tl.int64)[:, None] * stride_kd,
                                    mask=valid_k[:, None] & valid_n[None, :], other=key_zero)
-            dots = tl.dot(k_rows, k_frame, dots)
+            dots = tl.dot(k_rows, k_frame, dots, out_dtype=tl.float64)  # triton < 3.7 defaults to fp32
             sq_norm += tl.sum(k_frame * k_frame, axis=0)
         eps = tl.full([], _NORM_EPS, tl.float64)
         norm = tl.maximum(tl.sqrt(sq_norm), eps, propagate_nan=tl.PropagateNan.ALL)
