@@ -38,7 +38,8 @@ Schemas (C++ ops define them in ``csrc/ops.cpp``; Python ops infer the same one)
     tome_merge(Tensor tokens, Tensor merge_keys, Tensor counts, int total_rows)
         -> (Tensor merged, Tensor indices)                               # ToMe
 
-Argument conventions (checked by :mod:`kvtp_kernels.api`, not here):
+Argument conventions (the front door, :mod:`kvtp_kernels.api`, checks them for users; every op
+checks them again itself, see :mod:`kvtp_kernels._opchecks`):
 
 - ``tokens`` [B, T, N, D]; frame relevance comes from ``scores`` [B, T], or, when it
   is ``None``, from ``frame_embeds`` [B, T, E] and ``query_embeds`` [B, C, E] with
