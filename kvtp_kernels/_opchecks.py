@@ -40,17 +40,20 @@ def _desc(t: object) -> str:
     return repr(t) if t is None or isinstance(t, (int, float)) else type(t).__name__
 
 
-def _tensor(op: str, arg: str, t: object, dims: int, dtypes: tuple, device, sizes: dict | None = None) -> None:
-    """``sizes``: dim -> required size. Only compares; formats a message when it fails."""
+def _tensor(op: str, arg: str, t: object, dims: int, dtypes: tuple, device, sizes: dict | None = None,
+            names: str | None = None) -> None:
+    """``sizes``: dim -> required size; ``names``: the dims' names for the message ("[B, T, N]").
+    Only compares; formats a message when it fails."""
     if (not isinstance(t, torch.Tensor) or t.dim() != dims or t.dtype not in dtypes
             or (device is not None and t.device != device)
             or (sizes is not None and any(t.shape[d] != s for d, s in sizes.items()))):
-        names = "/".join(str(d).removeprefix("torch.") for d in dtypes)
+        kinds = "/".join(str(d).removeprefix("torch.") for d in dtypes)
         shape = ["*"] * dims
         for d, s in (sizes or {}).items():
             shape[d] = str(s)
         where = f" on {device}" if device is not None else ""
-        _fail(op, arg, f"a {dims}-D {names} tensor of shape [{', '.join(shape)}]{where}", _desc(t))
+        shape_text = f"[{', '.join(shape)}]" if names is None else f"{names} = [{', '.join(shape)}]"
+        _fail(op, arg, f"a {dims}-D {kinds} tensor of shape {shape_text}{where}", _desc(t))
 
 
 def _int(op: str, arg: str, value: object, lo: int, hi: int | None = None) -> None:
@@ -107,7 +110,7 @@ def check_prune_tokens(tokens, scores, frame_embeds, query_embeds, logit_scale, 
     """Arguments of ``kvtp::prune_tokens*``. ``data``: also the values of ``frame_counts``
     (a host check on CPU, a device-side assert on GPU; skipped while tracing)."""
     op = "prune_tokens"
-    _tensor(op, "tokens", tokens, 4, TOKEN_DTYPES, None)
+    _tensor(op, "tokens", tokens, 4, TOKEN_DTYPES, None, None, "[B, T, N, D]")
     B, T, N, _ = tokens.shape
     device = tokens.device
     if token_scores is not None:
@@ -126,15 +129,21 @@ def check_prune_tokens(tokens, scores, frame_embeds, query_embeds, logit_scale, 
 
 
 def check_merge_neighbors(tokens, merge_keys, weights, indices, num_neighbors, mean, data: bool = False) -> None:
-    """Arguments of ``kvtp::merge_neighbors*`` (PruMerge); ``data``: also the values of ``indices``."""
+    """Arguments of ``kvtp::merge_neighbors*`` (PruMerge); ``data``: also the values of ``indices``
+    (in range, frame by frame) where reading them is free (CPU). The Triton launcher passes
+    ``data=False``: its kernel skips rows whose index breaks those preconditions (no read out
+    of bounds, tested in test_merge_triton.py) rather than poisoning the CUDA context with a
+    device-side assert."""
     op = "merge_neighbors"
-    _tensor(op, "tokens", tokens, 4, TOKEN_DTYPES, None)
+    _tensor(op, "tokens", tokens, 4, TOKEN_DTYPES, None, None, "[B, T, N, D]")
     B, T, N, _ = tokens.shape
     device = tokens.device
-    _tensor(op, "merge_keys", merge_keys, 4, SCORE_DTYPES, device, {0: B, 1: T, 2: N})
-    _tensor(op, "weights", weights, 3, SCORE_DTYPES, device, {0: B, 1: T, 2: N})
-    _tensor(op, "indices", indices, 1, (torch.int64,), device)
-    _int(op, "num_neighbors", num_neighbors, 0, max(N - 1, 0))
+    _tensor(op, "merge_keys", merge_keys, 4, SCORE_DTYPES, device, {0: B, 1: T, 2: N}, "[B, T, N, Dk]")
+    _tensor(op, "weights", weights, 3, SCORE_DTYPES, device, {0: B, 1: T, 2: N}, "[B, T, N]")
+    _tensor(op, "indices", indices, 1, (torch.int64,), device, None, "[R]")
+    if isinstance(num_neighbors, bool) or not isinstance(num_neighbors, (int, torch.SymInt)) or not (
+            0 <= num_neighbors <= max(N - 1, 0)):
+        _fail(op, "num_neighbors", f"an int in [0, N-1] = [0, {N - 1}]", repr(num_neighbors))
     if data:
         check_indices_data(op, indices, B * T * N, N)
 
@@ -142,7 +151,7 @@ def check_merge_neighbors(tokens, merge_keys, weights, indices, num_neighbors, m
 def check_tome_merge(tokens, merge_keys, counts, total_rows, data: bool = False) -> None:
     """Arguments of ``kvtp::tome_merge*`` (ToMe); ``data``: also the values of ``counts``."""
     op = "tome_merge"
-    _tensor(op, "tokens", tokens, 4, TOKEN_DTYPES, None)
+    _tensor(op, "tokens", tokens, 4, TOKEN_DTYPES, None, None, "[B, T, N, D]")
     B, T, N, _ = tokens.shape
     device = tokens.device
     _tensor(op, "merge_keys", merge_keys, 4, SCORE_DTYPES, device, {0: B, 1: T, 2: N})
@@ -184,7 +193,7 @@ def check_counts_data(op: str, arg: str, counts: torch.Tensor, num_tokens: int, 
 
 def check_indices_data(op: str, indices: torch.Tensor, num_rows: int, num_tokens: int) -> None:
     """``indices`` in [0, B*T*N) and frame by frame (non-decreasing frame), as :func:`check_counts_data`."""
-    if _tracing(indices) or indices.shape[0] == 0:
+    if _tracing(indices) or indices.shape[0] == 0 or num_tokens == 0:
         return
     frame = torch.div(indices, num_tokens, rounding_mode="floor")
     range_ok = ((indices >= 0) & (indices < num_rows)).all()

@@ -156,7 +156,7 @@ def test_merge_neighbors_checks_its_arguments(backend, over, arg, fragment):
         _run(MERGE, backend, *_merge_args(**over))
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference", "triton"])
+@pytest.mark.parametrize("backend", ["cpu", "reference"])  # the Triton kernel skips such rows (test_merge_triton)
 @pytest.mark.parametrize("over, arg, fragment", MERGE_DATA_CASES)
 def test_merge_neighbors_checks_its_indices(backend, over, arg, fragment):
     with _expect(arg, fragment):

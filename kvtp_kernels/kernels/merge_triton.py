@@ -372,7 +372,7 @@ def merge_neighbors_triton(
     Returns:
         [R, D] in the dtype of ``tokens``.
     """
-    _opchecks.check_merge_neighbors(**locals(), data=True)
+    _opchecks.check_merge_neighbors(**locals())
     _check("tokens", tokens.dim() == 4 and tokens.is_floating_point(), "a float tensor [B, T, N, D]", tokens)
     B, T, N, D = tokens.shape
     device = tokens.device
