@@ -12,6 +12,8 @@ Environment:
                          L4/L40S/RTX 4090, H100/H200, B200, plus PTX of the newest so later
                          GPUs JIT it). Narrow it for a faster build, e.g. "9.0".
   MAX_JOBS               parallel compile jobs (ninja).
+  KVTP_SANITIZE          "address": build the C++ kernels with AddressSanitizer (CI's
+                         separate build into build-asan/, see .ci/run); default: none.
 """
 
 import glob
@@ -54,6 +56,13 @@ def extensions():
     # The C++ standard comes from torch (C++17 before 2.13, C++20 after). -fopenmp: ATen's
     # at::parallel_for is an OpenMP pragma in a header; without it our kernels run serially.
     cxx_flags = ["-O3", "-fopenmp"]
+    link_flags = ["-fopenmp"]
+    sanitize = os.environ.get("KVTP_SANITIZE", "")
+    if sanitize not in ("", "address"):
+        raise SystemExit(f"KVTP_SANITIZE must be empty or 'address'; got {sanitize!r}")
+    if sanitize:
+        cxx_flags = ["-O1", "-g", "-fopenmp", "-fsanitize=address", "-fno-omit-frame-pointer"]
+        link_flags = ["-fopenmp", "-fsanitize=address"]
     if _want_cuda():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
@@ -62,11 +71,11 @@ def extensions():
         return [CUDAExtension(
             "kvtp_kernels._C", cpp_sources + cuda_sources, include_dirs=include_dirs,
             define_macros=[("KVTP_WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]}, extra_link_args=["-fopenmp"])]
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]}, extra_link_args=link_flags)]
     print(f"kvtp_kernels: building C++ CPU kernels {cpp_sources} (no CUDA: torch.version.cuda="
           f"{torch.version.cuda}, CUDA_HOME={CUDA_HOME}, KVTP_BUILD_CUDA={os.environ.get('KVTP_BUILD_CUDA', 'auto')})")
     return [CppExtension("kvtp_kernels._C", cpp_sources, include_dirs=include_dirs,
-                         extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"])]
+                         extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)]
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExtension})

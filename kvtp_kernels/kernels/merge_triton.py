@@ -84,7 +84,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import reference
+from .. import _opchecks, reference
 
 _NORM_EPS = tl.constexpr(reference.NORM_EPS)
 
@@ -445,6 +445,7 @@ def merge_neighbors_triton(
     Returns:
         [R, D] in the dtype of ``tokens``.
     """
+    _opchecks.check_merge_neighbors(**locals())
     _check("tokens", tokens.dim() == 4 and tokens.is_floating_point(), "a float tensor [B, T, N, D]", tokens)
     B, T, N, D = tokens.shape
     device = tokens.device

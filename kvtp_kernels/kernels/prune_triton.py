@@ -51,7 +51,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from .. import reference
+from .. import _opchecks, reference
 
 # Kernels may read module globals only as constexprs. Both are float64 values, so they
 # enter the kernels through tl.full(..., tl.float64) (a bare float literal is fp32).
@@ -680,6 +680,7 @@ def keep_counts_triton(
     paper: bool,
 ) -> torch.Tensor:
     """int32 [B, T] keep counts: ``_plan_kernel``'s per-video programs alone (METHOD.md sections 1-2)."""
+    _opchecks.check_keep_counts(**locals())
     src = scores if scores is not None else frame_embeds
     B, T = src.shape[0], src.shape[1]
     E, C, frame_inputs, flags = _frame_args(scores, frame_embeds, query_embeds, logit_scale, logit_bias)
@@ -713,6 +714,7 @@ def prune_tokens_triton(
     ``frame_counts`` None: exact allocation with K = ``budget`` per video, computed once
     per video by ``_plan_kernel``. Given: used as is. ``total_rows`` fixes the packed size.
     """
+    _opchecks.check_prune_tokens(**locals(), data=True)
     B, T, N, D = tokens.shape
     device = tokens.device
     packed = tokens.new_empty((total_rows, D))
