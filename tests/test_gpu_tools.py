@@ -119,6 +119,17 @@ def test_record_and_compile_a_launch():
             assert launch.ctas >= 1 and launch.num_warps >= 1, launch
             usage = km.compiled_usage(compile_launch(launch, 90), 90)
             assert 0 < usage.registers <= 255, usage
+        # what each launch moves is the kernel's own model: the token tensor passed to the plan
+        # launch is not read with given token scores, the copy reads the kept rows only
+        from bench.kernel_report import traffic_of
+        plan, select, copy = (traffic_of(launch) for launch in rec.launches)
+        assert plan.read == 4 * 4 and plan.written == 4 * 4 + 5 * 4 + 2 * 4, plan  # scores; counts, offsets
+        assert select.read == 2 * 4 * 4 + 4 * 7 * 4 and select.written == 14 * 8, select
+        assert copy.read == 14 * 8 + 14 * 64 * 2 and copy.written == 14 * 64 * 2, copy
+        with record() as rec:
+            kvtp_kernels.prune(tokens, torch.randn(1, 4), 0.5, backend="triton")
+        plan = traffic_of(rec.launches[0])
+        assert plan.read == 4 * 4 + tokens.numel() * 2, plan  # distinctiveness: every token once
         print("recorded", len(rec.launches))
     """)
     env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=ROOT)
