@@ -64,6 +64,7 @@ from typing import Any
 import torch
 
 import kvtp_kernels
+from kvtp_kernels.integrations import _compat
 from kvtp_kernels.integrations.flops import decoder_shape, kvtp_prefill_flops, prefill_flops, vision_tower_flops
 
 from .harness import (
@@ -292,8 +293,8 @@ def reference_pruned_embeds(tiny: TinyModel, inputs: dict[str, Any], beta: float
     N = tiny.tokens_per_frame
     with torch.inference_mode():
         embeds = model.get_input_embeddings()(ids)
-        pooled = model.get_video_features(pixel_values_videos=inputs["pixel_values_videos"],
-                                          return_dict=True).pooler_output  # [B, T*N + 1, D]: HF's newline last
+        pooled = _compat.get_video_features(model, inputs["pixel_values_videos"],
+                                            return_dict=True).pooler_output  # [B, T*N + 1, D]: HF's newline last
     T = inputs["pixel_values_videos"].shape[1]
     features = pooled[:, : T * N].reshape(B, T, N, -1)
     pruned = kvtp_kernels.prune(features, torch.zeros(B, T, device=features.device), beta, backend="reference")

@@ -17,6 +17,25 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 BACKENDS = ["reference", "cpu", "triton"]
 
 
+def pytest_report_header(config):
+    """The versions a run tested (CI runs the model tests with several transformers releases)."""
+    import importlib.metadata as md
+
+    def version(name):
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    try:
+        import transformers
+
+        hf = transformers.__version__
+    except ImportError:
+        hf = "not installed"
+    return f"kvtp_kernels: torch {torch.__version__}, triton {version('triton')}, transformers {hf}"
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -43,4 +43,5 @@ PY
   touch "$dir/.complete"
 fi
 export PYTHONPATH="$PWD/$dir${PYTHONPATH:+:$PYTHONPATH}"
+echo "[with_transformers] $(.venv/bin/python -c 'import transformers as t; print("transformers", t.__version__, "from", t.__file__)')" >&2
 exec "$@"

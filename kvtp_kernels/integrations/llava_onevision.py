@@ -61,7 +61,9 @@ position is still the last prompt token, for either padding side). ``labels``
 move with their text rows (-100 on video and newline rows). ``position_ids``:
 None stays None (the model's default, as unpatched); given ones are renumbered
 over the pruned sequence from each sample's first position.
-``outputs.video_hidden_states`` holds the kept video tokens [sum K, D].
+The output's video features are the kept video tokens [sum K, D]: ``outputs.video_hidden_states``
+up to transformers 5.23, ``outputs.video_outputs.pooler_output`` from 5.24
+(``kvtp_kernels.integrations._compat.video_features_of(outputs)`` reads either).
 
 Frame scores and token importance
 ---------------------------------
@@ -105,6 +107,7 @@ from typing import Any
 import torch
 
 from .._errors import describe
+from . import _compat
 from ._compat import MIN_TRANSFORMERS, require_transformers
 from .core import (
     KVTPSettings,
@@ -293,7 +296,10 @@ def _without_video(call: dict) -> None:
     mm = call.get("mm_encoder_outputs")
     if mm is not None and mm.get("video") is not None:
         rest = {k: v for k, v in mm.items() if k != "video"}
-        call["mm_encoder_outputs"] = rest or None
+        if rest:
+            call["mm_encoder_outputs"] = rest
+        else:  # dropped, not None: releases before 5.18 have no such parameter
+            call.pop("mm_encoder_outputs")
 
 
 def _wrap_forward(model, patch: _Patch, original):
@@ -304,7 +310,7 @@ def _wrap_forward(model, patch: _Patch, original):
         call, (query, frames) = _call(signature, args, kwargs)
         if call is None:
             return original(*args, **kwargs)
-        cache = call.get("past_key_values")
+        cache = _compat.passed_cache(call)
         if cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0:
             raise ValueError("kvtp_kernels.integrations: video input with a non-empty `past_key_values` is not "
                              "supported (the pruned prompt must be the first thing in the cache); use generate(), "
@@ -320,10 +326,7 @@ def _wrap_forward(model, patch: _Patch, original):
                                                        placement)
         if labels is not None:
             call["labels"] = result.labels
-        out = original(**call)
-        if hasattr(out, "keys") and hasattr(out, "__setitem__"):
-            out["video_hidden_states"] = result.pruned.tokens
-        return out
+        return _compat.with_video_features(original(**call), result.pruned.tokens)
 
     return forward
 
@@ -357,11 +360,7 @@ def _wrap_generate(model, patch: _Patch, original):
         sequences = out if isinstance(out, torch.Tensor) else out.sequences
         repeat = sequences.shape[0] // prompt_ids.shape[0]  # num_return_sequences / beams
         prompt = prompt_ids.to(sequences.device).repeat_interleave(repeat, dim=0)
-        full = torch.cat([prompt, sequences], dim=1)
-        if isinstance(out, torch.Tensor):
-            return full
-        out.sequences = full
-        return out
+        return _compat.with_sequences(out, torch.cat([prompt, sequences], dim=1))
 
     return generate
 
@@ -424,13 +423,14 @@ def _from_processor(processor: Any) -> tuple[Any, tuple | None, tuple | None]:
 def _video_features(model, patch: _Patch, call: dict) -> list[torch.Tensor]:
     """The model's own video features, split per video: V tensors [T_v, N, D] (newline row removed)."""
     N = patch.grid * patch.grid
+    newline = int(_compat.video_features_end_with_newline())
     mm = call.get("mm_encoder_outputs") or {}
     if mm.get("video") is not None:
         pooled = getattr(mm["video"], "pooler_output", mm["video"])
-        if not isinstance(pooled, torch.Tensor) or pooled.dim() != 3 or (pooled.shape[1] - 1) % N:
-            _fail("mm_encoder_outputs['video'].pooler_output", f"a [V, T*N + 1, D] tensor with N = {N}",
-                  _describe(pooled))
-        T = (pooled.shape[1] - 1) // N
+        if not isinstance(pooled, torch.Tensor) or pooled.dim() != 3 or (pooled.shape[1] - newline) % N:
+            _fail("mm_encoder_outputs['video'].pooler_output", f"a [V, T*N{' + 1' * newline}, D] tensor (what "
+                  f"get_video_features returns) with N = {N}", _describe(pooled))
+        T = (pooled.shape[1] - newline) // N
         return [f[: T * N].reshape(T, N, -1) for f in pooled.unbind(0)]
     videos = call["pixel_values_videos"]
     if isinstance(videos, torch.Tensor):
@@ -453,13 +453,14 @@ def _video_features(model, patch: _Patch, call: dict) -> list[torch.Tensor]:
     for shape, ids in groups.items():
         T = shape[0]
         pixels = torch.stack([videos[i] for i in ids]) if len(ids) > 1 else videos[ids[0]][None]
-        out = model.get_video_features(
-            pixel_values_videos=pixels, vision_feature_layer=call.get("vision_feature_layer"),
+        out = _compat.get_video_features(
+            model, pixels, vision_feature_layer=call.get("vision_feature_layer"),
             vision_feature_select_strategy=call.get("vision_feature_select_strategy"), return_dict=True)
         pooled = out.pooler_output
-        if pooled.shape[1] != T * N + 1:
+        if pooled.shape[1] != T * N + newline:
             raise RuntimeError(f"kvtp_kernels.integrations: get_video_features returned {pooled.shape[1]} tokens per "
-                               f"video, expected T*N + 1 = {T}*{N} + 1 (this transformers version pools differently)")
+                               f"video, expected T*N{' + 1' * newline} = {T}*{N}{' + 1' * newline} (this "
+                               "transformers version pools differently)")
         for j, i in enumerate(ids):
             features[i] = pooled[j, : T * N].reshape(T, N, -1)
     return features
