@@ -50,6 +50,7 @@ from typing import Any
 import torch
 
 from .._errors import describe
+from ._compat import deepstack_levels, deepstack_like, passed_cache, with_sequences
 from .core import KVTPSettings, _fail, infer_padding_side
 from .keep_mask import KeepMaskResult, prune_to_keep_mask
 
@@ -114,7 +115,7 @@ def _bound_call(signature: inspect.Signature, args: tuple, kwargs: dict) -> tupl
 
 
 def _check_no_cache(call: dict) -> None:
-    cache = call.get("past_key_values", call.get("cache"))
+    cache = passed_cache(call)
     if cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0:
         raise ValueError("kvtp_kernels.integrations: video input with a non-empty `past_key_values` is not "
                          "supported (the pruned prompt must be the first thing in the cache); use generate(), "
@@ -178,10 +179,7 @@ def _wrap_generate(model, patch: QwenVLPatch, original):
         repeat = sequences.shape[0] // prompt_ids.shape[0]  # num_return_sequences / beams
         new_tokens = sequences[:, call["input_ids"].shape[1]:]
         prompt = prompt_ids.to(sequences.device).repeat_interleave(repeat, dim=0)
-        full = torch.cat([prompt, new_tokens], dim=1)
-        if isinstance(out, torch.Tensor):
-            return full
-        return dataclasses.replace(out, sequences=full)
+        return with_sequences(out, torch.cat([prompt, new_tokens], dim=1))
 
     return generate
 
@@ -325,13 +323,8 @@ def _stand_in(out: Any, result: KeepMaskResult, spans: str, dtype: torch.dtype):
     """
     kept = list(result.features.split(result.kept_per_video))
     deep = getattr(out, "deepstack_features", None)
-    deep_kept = None
-    if deep is not None:
-        deep_kept = []
-        for level in deep:
-            rows = torch.cat(list(level)) if isinstance(level, (list, tuple)) else level
-            deep_kept.append(list(result.select_rows(rows).split(result.kept_per_video)))
-    per_tuple = deep is not None and isinstance(deep[0], (list, tuple))
+    deep_kept = None if deep is None else [list(result.select_rows(rows).split(result.kept_per_video))
+                                           for rows in deepstack_levels(deep)]
     counts = [1 if spans == "video" else sum(1 for k in frames if k > 0) for frames in result.frame_counts]
     device = result.features.device
     pixels = torch.cat([torch.full((max(s, 1), 1), float(v), dtype=dtype, device=device)
@@ -343,8 +336,7 @@ def _stand_in(out: Any, result: KeepMaskResult, spans: str, dtype: torch.dtype):
         ids = [int(chunk[0, 0]) for chunk in pixel_values_videos.split(sizes)]
         fields = {"pooler_output": tuple(kept[v] for v in ids)}
         if deep_kept is not None:
-            fields["deepstack_features"] = [tuple(level[v] for v in ids) if per_tuple
-                                            else torch.cat([level[v] for v in ids]) for level in deep_kept]
+            fields["deepstack_features"] = deepstack_like(deep, [[level[v] for v in ids] for level in deep_kept])
         return type(out)(**fields)
 
     return get_video_features, pixels, grid
