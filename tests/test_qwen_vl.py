@@ -67,6 +67,8 @@ def make_batch(family, grids, texts, image=None, side="left", seed=0):
         mask[b, sl] = 1
     inputs = dict(input_ids=ids, attention_mask=mask, pixel_values_videos=qwen_pixels(grids, seed),
                   video_grid_thw=torch.tensor(grids), mm_token_type_ids=qwen_token_types(ids))
+    if family == "qwen2_5_vl":  # 2 s per temporal patch: temporal positions step by tokens_per_second * 2 = 4
+        inputs["second_per_grid_ts"] = torch.full((len(grids),), 2.0)
     if image is not None:
         inputs.update(pixel_values=qwen_pixels([(1, *image)], seed + 1), image_grid_thw=torch.tensor([(1, *image)]))
     return inputs
@@ -100,7 +102,7 @@ def full_positions(model, inputs):
         positions, _ = model.model.get_rope_index(
             inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
             image_grid_thw=inputs.get("image_grid_thw"), video_grid_thw=inputs["video_grid_thw"],
-            attention_mask=inputs["attention_mask"])
+            second_per_grid_ts=inputs.get("second_per_grid_ts"), attention_mask=inputs["attention_mask"])
     return positions
 
 
@@ -213,6 +215,10 @@ def test_positions_are_the_unpruned_ones(family_model):
         hook.remove()
     torch.testing.assert_close(seen[0], positions[:, keep].reshape(3, 1, -1), rtol=0, atol=0)
     assert seen[0][:, 0, -1].tolist() == positions[:, 0, -1].tolist()  # the last text token is not shifted
+    if family != "qwen3_vl":  # one grid per video (Qwen3-VL: one per temporal patch, timestamps between)
+        video = positions[0, 0][inputs["input_ids"][0] == VIDEO]
+        step = 4 if family == "qwen2_5_vl" else 1  # temporal position step per temporal patch
+        assert sorted(set((video - video[0]).tolist())) == [0, step, 2 * step]
 
 
 def test_zero_token_frames_keep_their_markers():
