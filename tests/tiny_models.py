@@ -226,3 +226,17 @@ def qwen_token_types(input_ids: torch.Tensor) -> torch.Tensor:
     types[input_ids == QWEN_IDS["image_token_id"]] = 1
     types[input_ids == QWEN_IDS["video_token_id"]] = 2
     return types
+
+
+# ----------------------------------------------------------------------------------
+# LLaVA-NeXT-Video: the LlavaOnevision's Qwen2 text and SigLIP vision, frames pooled 2x2 (16 tokens)
+# ----------------------------------------------------------------------------------
+def tiny_llava_next_video_model(seed: int = 0):
+    """A random LlavaNextVideoForConditionalGeneration in eval mode: N = 16 tokens per 64 px frame, no newline."""
+    torch.manual_seed(seed)
+    base = tiny_llava_config(max_position_embeddings=512, image_grid_pinpoints=[[SIZE, SIZE]])
+    config = transformers.LlavaNextVideoConfig(
+        text_config=base.text_config.to_dict(), vision_config=base.vision_config.to_dict(), image_token_id=IMAGE,
+        video_token_id=VIDEO, vision_feature_layer=-1, vision_feature_select_strategy="full",
+        spatial_pool_stride=2, spatial_pool_mode="average", image_grid_pinpoints=[[SIZE, SIZE]])
+    return transformers.LlavaNextVideoForConditionalGeneration(config).eval()

@@ -4,7 +4,11 @@
   frame, 1-D positions renumbered 0..L');
 - ``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``,
   ``Qwen3VLForConditionalGeneration``: :mod:`.qwen_vl` (frame unit one temporal patch
-  of 2 frames, the M-RoPE positions of the unpruned prompt kept).
+  of 2 frames, the M-RoPE positions of the unpruned prompt kept);
+- ``LlavaNextVideoForConditionalGeneration``: :mod:`.llava_next_video` (frame unit 1
+  frame, the 1-D positions of the unpruned prompt kept).
+
+The last two share :mod:`.keep_mask_adapter` (the wrappers over the core's keep mask).
 
 Every adapter wraps the instance's ``forward`` and ``generate`` and records what it
 replaced, so :func:`remove_kvtp` restores the instance exactly, whatever the family.
@@ -16,15 +20,16 @@ from typing import Any
 
 from ._compat import require_transformers
 from .core import KVTPSettings
+from .keep_mask_adapter import install as _install_keep_mask
+from .llava_next_video import LLAVA_NEXT_VIDEO_CLASSES, LlavaNextVideo
 from .llava_onevision import _PATCH_ATTR, _STATS_ATTR, _from_processor, is_kvtp_applied, remove_kvtp
 from .llava_onevision import apply_kvtp as _apply_llava_onevision
-from .qwen_vl import QWEN_VL_CLASSES
-from .qwen_vl import install as _install_qwen_vl
+from .qwen_vl import QWEN_VL_CLASSES, QwenVL
 
 __all__ = ["SUPPORTED_MODELS", "apply_kvtp", "is_kvtp_applied", "remove_kvtp"]
 
 #: The model classes apply_kvtp accepts (names in transformers).
-SUPPORTED_MODELS = ("LlavaOnevisionForConditionalGeneration", *QWEN_VL_CLASSES)
+SUPPORTED_MODELS = ("LlavaOnevisionForConditionalGeneration", *QWEN_VL_CLASSES, *LLAVA_NEXT_VIDEO_CLASSES)
 _PATCHED_METHODS = ("forward", "generate")
 
 
@@ -54,8 +59,8 @@ def apply_kvtp(
     """Patch one VLM instance so every ``forward`` / ``generate`` call with video prunes it with KVTP.
 
     Args: as :func:`kvtp_kernels.integrations.llava_onevision.apply_kvtp`; ``layout``
-    applies to LLaVA (newline placement) and must be None or "none" for the Qwen-VL
-    family, which has no newline tokens.
+    applies to LLaVA-OneVision (newline placement) and must be None or "none" for the
+    Qwen-VL family and LLaVA-NeXT-Video, which have no newline tokens.
 
     Returns:
         the same model, patched in place (:func:`remove_kvtp` undoes it).
@@ -104,5 +109,6 @@ def apply_kvtp(
         model.__dict__[_PATCH_ATTR] = patch
         model.__dict__[_STATS_ATTR] = None
 
-    _install_qwen_vl(model, register, settings, predictor, tokenizer, mean, std, saved)
+    adapter = LlavaNextVideo() if family in LLAVA_NEXT_VIDEO_CLASSES else QwenVL(family)
+    _install_keep_mask(model, register, adapter, settings, predictor, tokenizer, mean, std, saved)
     return model
