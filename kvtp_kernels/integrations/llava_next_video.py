@@ -49,6 +49,15 @@ class LlavaNextVideo:
         return [(side, side)] * call["pixel_values_videos"].shape[0]
 
     @staticmethod
+    def frames_per_unit(config) -> int:
+        return 1
+
+    @staticmethod
+    def frames_from_pixels(model, call: dict) -> list[torch.Tensor]:
+        """V normalised frames [T, 3, H, W]."""
+        return list(call["pixel_values_videos"].unbind(0))
+
+    @staticmethod
     def check_inputs(model, call: dict, input_ids: torch.Tensor) -> None:
         pixels = call.get("pixel_values_videos")
         if not isinstance(pixels, torch.Tensor) or pixels.dim() != 5:

@@ -66,6 +66,30 @@ class QwenVL:
         merge = int(model.config.vision_config.spatial_merge_size)
         return [(h // merge, w // merge) for _, h, w in call["video_grid_thw"].tolist()]
 
+    @staticmethod
+    def frames_per_unit(config) -> int:
+        """Raw frames per frame unit (a temporal patch)."""
+        return int(config.vision_config.temporal_patch_size)
+
+    @staticmethod
+    def frames_from_pixels(model, call: dict) -> list[torch.Tensor]:
+        """The processor's flattened patches -> V normalised frames [t*t_p, C, h*p, w*p].
+
+        Rows of a video are (t, h/m, w/m, m, m) and columns (C, t_p, p, p) (m the spatial
+        merge, p the patch size, t_p the temporal patch): the order the vision tower's
+        patch embedding and 2x2 merger read them in.
+        """
+        vision = model.config.vision_config
+        p, tp, m, C = (int(vision.patch_size), int(vision.temporal_patch_size), int(vision.spatial_merge_size),
+                       int(vision.in_channels))
+        pixels, out, start = call["pixel_values_videos"], [], 0
+        for t, h, w in call["video_grid_thw"].tolist():
+            rows = pixels[start:start + t * h * w]
+            start += t * h * w
+            x = rows.reshape(t, h // m, w // m, m, m, C, tp, p, p).permute(0, 6, 5, 1, 3, 7, 2, 4, 8)
+            out.append(x.reshape(t * tp, C, h * p, w * p))
+        return out
+
     def check_inputs(self, model, call: dict, input_ids: torch.Tensor) -> None:
         pixels, grid = call.get("pixel_values_videos"), call.get("video_grid_thw")
         if not isinstance(pixels, torch.Tensor) or pixels.dim() != 2:
