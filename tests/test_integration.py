@@ -11,11 +11,13 @@ and the unpatched model run on them.
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import math
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 import tiny_models
@@ -29,6 +31,7 @@ from kvtp_kernels.integrations import (
     KVTPSettings,
     _compat,
     apply_kvtp,
+    collect_stats,
     is_kvtp_applied,
     prune_video_inputs,
     remove_kvtp,
@@ -433,6 +436,71 @@ def test_remove_kvtp_restores_the_model_exactly(model):
                                       max_new_tokens=3, do_sample=False), tokens)
     with pytest.raises(ValueError, match="not patched"):
         remove_kvtp(model)
+
+
+def test_deepcopy_of_a_patched_model_runs_its_own_weights():
+    model = tiny_llava_model(seed=3)
+    T = 3
+    ids, mask = batch([video_prompt(pre, post, T) for pre, post in PROMPTS[:2]])
+    pixels = torch.stack(videos(T, T, seed=12))
+
+    def logits(m):
+        with torch.no_grad():
+            return m(input_ids=ids, attention_mask=mask, pixel_values_videos=pixels).logits
+
+    apply_kvtp(model, budget=0.3)
+    twin = copy.deepcopy(model)
+    assert is_kvtp_applied(twin) and twin.forward.__self__ is twin and twin.generate.__self__ is twin
+    original = logits(model)
+    torch.testing.assert_close(logits(twin), original, rtol=0, atol=0)  # same weights, same pruned pipeline
+    with torch.no_grad():
+        twin.lm_head.weight.mul_(-2.0)
+    changed = logits(twin)
+    assert changed.shape == original.shape and not torch.allclose(changed, original)  # the copy's own weights
+    torch.testing.assert_close(logits(model), original, rtol=0, atol=0)
+    remove_kvtp(twin)  # the copy's own patch: the original stays patched
+    assert is_kvtp_applied(model) and not is_kvtp_applied(twin)
+    assert logits(twin).shape[1] > original.shape[1]
+    remove_kvtp(model)
+
+
+def test_collect_stats_is_per_thread(model):
+    """Threads sharing one patched model: model.kvtp_stats is whichever call came last, collect_stats is exact."""
+    lengths = {0: 2, 1: 5}
+    inputs = {}
+    for worker, T in lengths.items():
+        ids, mask = batch([video_prompt(*PROMPTS[worker], T)])
+        inputs[worker] = (ids, mask, torch.stack(videos(T, seed=20 + worker)))
+    results, errors = {}, []
+    start = threading.Barrier(len(lengths))
+
+    def run(worker):
+        try:
+            ids, mask, pixels = inputs[worker]
+            start.wait()
+            with collect_stats() as calls, torch.no_grad():
+                for _ in range(6):
+                    model(input_ids=ids, attention_mask=mask, pixel_values_videos=pixels)
+            results[worker] = calls
+        except Exception as exc:  # reported below: a thread's exception would otherwise vanish
+            errors.append(exc)
+
+    with kvtp(model, budget=0.5):
+        threads = [threading.Thread(target=run, args=(w,)) for w in lengths]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        with collect_stats() as outer, collect_stats() as inner, torch.no_grad():
+            ids, mask, pixels = inputs[0]
+            model(input_ids=ids, attention_mask=mask, pixel_values_videos=pixels)
+        assert len(outer) == len(inner) == 1 and outer[0] is inner[0] is model.kvtp_stats
+    assert not errors, errors
+    for worker, T in lengths.items():
+        calls = results[worker]
+        assert len(calls) == 6
+        assert all(stats.video_tokens_before == [T * N + 1] for stats in calls)
+        assert all(len(stats.kept_per_frame[0]) == T for stats in calls)
 
 
 def test_text_only_calls_go_straight_through(model):

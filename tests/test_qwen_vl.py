@@ -10,6 +10,7 @@ pure-PyTorch reference (kvtp_kernels.reference) on the model's own video feature
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 
 import pytest
@@ -334,3 +335,18 @@ def test_unsupported_model_names_the_supported_ones():
     with pytest.raises(TypeError, match="must be one of LlavaOnevisionForConditionalGeneration, "
                                         "Qwen2VLForConditionalGeneration.*got Qwen2ForCausalLM, which has no video"):
         apply_kvtp(text)
+
+
+def test_deep_copy_is_patched_on_its_own():
+    """The patched methods are bound: a deep copy runs its own weights and is unpatched on its own."""
+    model = tiny_qwen_model("qwen2_vl")
+    inputs = make_batch("qwen2_vl", [(2, 4, 6)], TEXTS[:1])
+    apply_kvtp(model, budget=0.5)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.lm_head.weight.mul_(2.0)
+        ours, theirs = model(**inputs).logits, twin(**inputs).logits
+    torch.testing.assert_close(theirs, 2.0 * ours, rtol=1e-5, atol=1e-5)
+    assert theirs.shape[1] == model.kvtp_stats.sequence_lengths_after[0] < inputs["input_ids"].shape[1]
+    remove_kvtp(twin)
+    assert is_kvtp_applied(model) and not is_kvtp_applied(twin)

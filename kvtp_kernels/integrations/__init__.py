@@ -40,6 +40,7 @@ from .flops import (
     vision_tower_flops,
 )
 from .keep_mask import KeepMaskResult, prune_to_keep_mask
+from .recording import collect_stats
 
 __all__ = [
     "DecoderShape",
@@ -50,6 +51,7 @@ __all__ = [
     "VideoPlacement",
     "VideoPruneResult",
     "apply_kvtp",
+    "collect_stats",
     "decoder_shape",
     "infer_padding_side",
     "is_kvtp_applied",

@@ -22,7 +22,7 @@ from ._compat import require_transformers
 from .core import KVTPSettings
 from .keep_mask_adapter import install as _install_keep_mask
 from .llava_next_video import LLAVA_NEXT_VIDEO_CLASSES, LlavaNextVideo
-from .llava_onevision import _PATCH_ATTR, _STATS_ATTR, _from_processor, is_kvtp_applied, remove_kvtp
+from .llava_onevision import _from_processor, is_kvtp_applied, remove_kvtp
 from .llava_onevision import apply_kvtp as _apply_llava_onevision
 from .qwen_vl import QWEN_VL_CLASSES, QwenVL
 
@@ -104,11 +104,6 @@ def apply_kvtp(
                             f"or None; got {type(predictor).__name__}")
     tokenizer, mean, std = _from_processor(processor)
     saved = {name: (name in model.__dict__, model.__dict__.get(name)) for name in _PATCHED_METHODS}
-
-    def register(patch):
-        model.__dict__[_PATCH_ATTR] = patch
-        model.__dict__[_STATS_ATTR] = None
-
     adapter = LlavaNextVideo() if family in LLAVA_NEXT_VIDEO_CLASSES else QwenVL(family)
-    _install_keep_mask(model, register, adapter, settings, predictor, tokenizer, mean, std, saved)
+    _install_keep_mask(model, adapter, settings, predictor, tokenizer, mean, std, saved)
     return model

@@ -6,8 +6,9 @@ unpruned prompt, its video features as [T, N, D] per video, and how the kept row
 handed back. What every family shares, and why:
 
 - the sequence length is fixed by ``input_ids`` before the vision encoder runs, so
-  the instance's ``forward`` and ``generate`` are wrapped (``functools.wraps``: the
-  signatures ``generate`` inspects stay the originals'); no HF code is copied;
+  the instance's ``forward`` and ``generate`` are replaced by bound methods that present
+  the originals' signatures (which ``generate`` inspects) and call them; no HF code is
+  copied;
 - the prompt is cut with the core's keep mask (:mod:`.keep_mask`): text and every
   kept video token stay, each with its position in the UNPRUNED prompt (computed
   the way the unpatched model computes it), passed explicitly to the original method;
@@ -39,6 +40,8 @@ from .._errors import describe
 from ._compat import passed_cache, with_sequences
 from .core import KVTPSettings, _fail, infer_padding_side
 from .keep_mask import KeepMaskResult, prune_to_keep_mask
+from .llava_onevision import _PATCH_ATTR, _count_lengths_from_prompt, _install, _original
+from .recording import STATS_ATTR, record_stats
 
 __all__ = ["KVTP_KWARGS", "KeepMaskPatch", "install"]
 
@@ -60,14 +63,18 @@ class KeepMaskPatch:
     busy: bool = False  # inside a wrapped call: the original generate calls the (wrapped) forward
 
 
-def install(model: Any, register, family: Any, settings: KVTPSettings, predictor: Any, tokenizer: Any,
+def install(model: Any, family: Any, settings: KVTPSettings, predictor: Any, tokenizer: Any,
             mean: tuple | None, std: tuple | None, saved: dict) -> KeepMaskPatch:
-    """Wrap the instance's forward / generate (called by apply_kvtp after its checks)."""
+    """Patch the instance's forward / generate (called by apply_kvtp after its checks).
+
+    As for LLaVA-OneVision (:func:`.llava_onevision._install`): bound methods that find the
+    patch and the replaced method through ``self``, so a deep copy is patched on its own.
+    """
     patch = KeepMaskPatch(settings, predictor, tokenizer, mean, std, saved, family)
-    original_forward, original_generate = model.forward, model.generate
-    register(patch)
-    model.__dict__["forward"] = _wrap_forward(model, patch, original_forward)
-    model.__dict__["generate"] = _wrap_generate(model, patch, original_generate)
+    model.__dict__[_PATCH_ATTR] = patch
+    model.__dict__[STATS_ATTR] = None
+    _install(model, "forward", _forward)
+    _install(model, "generate", _generate)
     return patch
 
 
@@ -101,61 +108,51 @@ def _check_no_cache(call: dict) -> None:
                          "or run the video prompt first")
 
 
-def _wrap_forward(model, patch: KeepMaskPatch, original):
-    signature = inspect.signature(original)
-
-    @functools.wraps(original)
-    def forward(*args, **kwargs):
-        if patch.busy:  # a step of our own generate: the call is already pruned
-            return original(*args, **kwargs)
-        call, (query, frames) = _bound_call(signature, args, kwargs)
-        if call is None:
-            return original(*args, **kwargs)
-        _check_no_cache(call)
-        side = infer_padding_side(call.get("attention_mask"))
-        user_positions = call.get("position_ids")
-        prepared = _prepare(model, patch, call, query, frames, padding_side=side, generating=False)
-        result = prepared.result
-        positions = prepared.positions if user_positions is None else _check_positions(user_positions, result)
-        call["position_ids"] = result.take(positions)
-        if call.get("labels") is not None:
-            call["labels"] = result.take(call["labels"], pad=-100)
-        with prepared.feeding(model, patch):
-            return original(**call)
-
-    return forward
+def _forward(model, *args, **kwargs):
+    patch = model.__dict__[_PATCH_ATTR]
+    original = _original(model, "forward")
+    if patch.busy:  # a step of our own generate: the call is already pruned
+        return original(*args, **kwargs)
+    call, (query, frames) = _bound_call(inspect.signature(original), args, kwargs)
+    if call is None:
+        return original(*args, **kwargs)
+    _check_no_cache(call)
+    side = infer_padding_side(call.get("attention_mask"))
+    user_positions = call.get("position_ids")
+    prepared = _prepare(model, patch, call, query, frames, padding_side=side, generating=False)
+    result = prepared.result
+    positions = prepared.positions if user_positions is None else _check_positions(user_positions, result)
+    call["position_ids"] = result.take(positions)
+    if call.get("labels") is not None:
+        call["labels"] = result.take(call["labels"], pad=-100)
+    with prepared.feeding(model, patch):
+        return original(**call)
 
 
-def _wrap_generate(model, patch: KeepMaskPatch, original):
-    signature = inspect.signature(original)
-
-    @functools.wraps(original)
-    def generate(*args, **kwargs):
-        call, (query, frames) = _bound_call(signature, args, kwargs)
-        if call is None:
-            return original(*args, **kwargs)
-        _check_no_cache(call)
-        if call.get("inputs") is not None:
-            call["input_ids"] = call.pop("inputs")
-        if call.get("position_ids") is not None:
-            _fail("position_ids", "None with video input to generate (KVTP computes the positions of the unpruned "
-                  "prompt itself)", _describe(call["position_ids"]))
-        prompt_ids = call.get("input_ids")
-        with torch.no_grad():  # as HF's generate
-            prepared = _prepare(model, patch, call, query, frames, padding_side="left", generating=True)
-        call["position_ids"] = patch.family.generate_positions(prepared.result, prepared.positions)
-        from .llava_onevision import _count_lengths_from_prompt
-
-        _count_lengths_from_prompt(model, call, prompt_ids.shape[1])
-        with prepared.feeding(model, patch):
-            out = original(**call)
-        sequences = out if isinstance(out, torch.Tensor) else out.sequences
-        repeat = sequences.shape[0] // prompt_ids.shape[0]  # num_return_sequences / beams
-        new_tokens = sequences[:, call["input_ids"].shape[1]:]
-        prompt = prompt_ids.to(sequences.device).repeat_interleave(repeat, dim=0)
-        return with_sequences(out, torch.cat([prompt, new_tokens], dim=1))
-
-    return generate
+def _generate(model, *args, **kwargs):
+    patch = model.__dict__[_PATCH_ATTR]
+    original = _original(model, "generate")
+    call, (query, frames) = _bound_call(inspect.signature(original), args, kwargs)
+    if call is None:
+        return original(*args, **kwargs)
+    _check_no_cache(call)
+    if call.get("inputs") is not None:
+        call["input_ids"] = call.pop("inputs")
+    if call.get("position_ids") is not None:
+        _fail("position_ids", "None with video input to generate (KVTP computes the positions of the unpruned "
+              "prompt itself)", _describe(call["position_ids"]))
+    prompt_ids = call.get("input_ids")
+    with torch.no_grad():  # as HF's generate
+        prepared = _prepare(model, patch, call, query, frames, padding_side="left", generating=True)
+    call["position_ids"] = patch.family.generate_positions(prepared.result, prepared.positions)
+    _count_lengths_from_prompt(model, call, prompt_ids.shape[1])
+    with prepared.feeding(model, patch):
+        out = original(**call)
+    sequences = out if isinstance(out, torch.Tensor) else out.sequences
+    repeat = sequences.shape[0] // prompt_ids.shape[0]  # num_return_sequences / beams
+    new_tokens = sequences[:, call["input_ids"].shape[1]:]
+    prompt = prompt_ids.to(sequences.device).repeat_interleave(repeat, dim=0)
+    return with_sequences(out, torch.cat([prompt, new_tokens], dim=1))
 
 
 def _check_positions(user: Any, result: KeepMaskResult) -> torch.Tensor:
@@ -222,7 +219,7 @@ def _prepare(model, patch: KeepMaskPatch, call: dict, query: Any, frames: Any, *
     result = prune_to_keep_mask(video_mask, features, attention_mask=attention_mask, scores=scores,
                                 token_scores=token_scores, settings=patch.settings, padding_side=padding_side,
                                 flops_config=config.text_config)
-    model.__dict__["kvtp_stats"] = result.stats
+    record_stats(model, result.stats)
 
     text = config.text_config
     pad = text.pad_token_id if getattr(text, "pad_token_id", None) is not None else 0

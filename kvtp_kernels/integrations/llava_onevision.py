@@ -93,7 +93,12 @@ then needs ``T_v*N + 1`` placeholders. One video per sample.
 Accounting: after each call ``model.kvtp_stats`` is a
 :class:`~kvtp_kernels.integrations.core.KVTPStats` (tokens per sample and per
 video before/after, kept tokens per frame, LLM prefill FLOPs before/after from the
-model's text config, :mod:`~kvtp_kernels.integrations.flops`).
+model's text config, :mod:`~kvtp_kernels.integrations.flops`). That attribute is shared
+by every thread using the model; ``with collect_stats() as calls:`` gives each caller
+its own (:mod:`~kvtp_kernels.integrations.recording`).
+
+Copies: ``copy.deepcopy`` of a patched model is a patched model of its own (its
+``forward`` / ``generate`` are bound methods that ``deepcopy`` re-binds to the copy).
 """
 
 from __future__ import annotations
@@ -102,6 +107,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import types
 from typing import Any
 
 import torch
@@ -118,13 +124,13 @@ from .core import (
     prune_video_inputs,
     renormalize_pixels,
 )
+from .recording import STATS_ATTR, record_stats
 
 __all__ = ["MIN_TRANSFORMERS", "apply_kvtp", "is_kvtp_applied", "remove_kvtp"]
 
 #: Extra keyword arguments the patched forward / generate accept.
 KVTP_KWARGS = ("kvtp_query", "kvtp_frames")
 _PATCH_ATTR = "_kvtp_patch"
-_STATS_ATTR = "kvtp_stats"
 _PATCHED_METHODS = ("forward", "generate")
 
 
@@ -223,12 +229,10 @@ def apply_kvtp(
     grid = math.ceil((vision.image_size // vision.patch_size) / 2)  # HF's apply_pooling: bilinear to ceil(g/2)
 
     saved = {name: (name in model.__dict__, model.__dict__.get(name)) for name in _PATCHED_METHODS}
-    patch = _Patch(settings, predictor, tokenizer, mean, std, grid, saved)
-    original_forward, original_generate = model.forward, model.generate
-    model.__dict__[_PATCH_ATTR] = patch
-    model.__dict__[_STATS_ATTR] = None
-    model.__dict__["forward"] = _wrap_forward(model, patch, original_forward)
-    model.__dict__["generate"] = _wrap_generate(model, patch, original_generate)
+    model.__dict__[_PATCH_ATTR] = _Patch(settings, predictor, tokenizer, mean, std, grid, saved)
+    model.__dict__[STATS_ATTR] = None
+    _install(model, "forward", _forward)
+    _install(model, "generate", _generate)
     return model
 
 
@@ -247,7 +251,7 @@ def remove_kvtp(model: Any) -> Any:
         else:
             model.__dict__.pop(name, None)
     model.__dict__.pop(_PATCH_ATTR)
-    model.__dict__.pop(_STATS_ATTR, None)
+    model.__dict__.pop(STATS_ATTR, None)
     return model
 
 
@@ -280,12 +284,12 @@ def _has_video(call: dict) -> bool:
     return call.get("pixel_values_videos") is not None or mm.get("video") is not None
 
 
-def _call(signature: inspect.Signature, args: tuple, kwargs: dict) -> tuple[dict | None, Any]:
+def _call(original, args: tuple, kwargs: dict) -> tuple[dict | None, Any]:
     """-> (the bound call when it has video, else None, and the kvtp keyword arguments)."""
     extra = tuple(kwargs.pop(name, None) for name in KVTP_KWARGS)
     if not args and not _has_video(kwargs):  # the common case (e.g. every decoding step): no binding
         return None, extra
-    call = _bind(signature, args, kwargs)
+    call = _bind(inspect.signature(original), args, kwargs)
     return (call if _has_video(call) else None), extra
 
 
@@ -302,67 +306,85 @@ def _without_video(call: dict) -> None:
             call.pop("mm_encoder_outputs")
 
 
-def _wrap_forward(model, patch: _Patch, original):
-    signature = inspect.signature(original)
+def _install(model, name: str, body) -> None:
+    """``model.<name>`` = ``body`` bound to the instance, presenting the replaced method's signature.
 
-    @functools.wraps(original)
-    def forward(*args, **kwargs):
-        call, (query, frames) = _call(signature, args, kwargs)
-        if call is None:
-            return original(*args, **kwargs)
-        cache = _compat.passed_cache(call)
-        if cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0:
-            raise ValueError("kvtp_kernels.integrations: video input with a non-empty `past_key_values` is not "
-                             "supported (the pruned prompt must be the first thing in the cache); use generate(), "
-                             "or run the video prompt first")
-        user_mask, user_positions, labels = call.get("attention_mask"), call.get("position_ids"), call.get("labels")
-        result, placement = _prepare(model, patch, call, query, frames, padding_side=None, labels=labels)
-        _without_video(call)
-        call["inputs_embeds"] = result.inputs_embeds
-        mask = result.attention_mask
-        call["attention_mask"] = None if user_mask is None and bool(mask.ne(0).all()) else mask
-        if user_positions is not None:
-            call["position_ids"] = _renumber_positions(user_positions, result.position_ids, result.attention_mask,
-                                                       placement)
-        if labels is not None:
-            call["labels"] = result.labels
-        return _compat.with_video_features(original(**call), result.pruned.tokens)
+    A bound method (not a closure over the instance): ``copy.deepcopy`` re-binds it to the
+    copy, and ``body`` finds the patch and the replaced method through ``self`` at every
+    call, so a deep copy runs its own weights (and can be unpatched on its own).
+    """
+    current = getattr(model, name)
+    signature = inspect.signature(current)
+    self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
 
-    return forward
+    @functools.wraps(current)
+    def method(self, *args, **kwargs):
+        return body(self, *args, **kwargs)
+
+    del method.__wrapped__  # the signature below is the truth, not the bound original's
+    method.__signature__ = signature.replace(parameters=[self_param, *signature.parameters.values()])
+    model.__dict__[name] = types.MethodType(method, model)
 
 
-def _wrap_generate(model, patch: _Patch, original):
-    signature = inspect.signature(original)
+def _original(model, name: str):
+    """The method apply_kvtp replaced, bound to ``model``."""
+    had_own, value = model.__dict__[_PATCH_ATTR].saved[name]
+    return value if had_own else getattr(type(model), name).__get__(model, type(model))
 
-    @functools.wraps(original)
-    def generate(*args, **kwargs):
-        call, (query, frames) = _call(signature, args, kwargs)
-        if call is None:
-            return original(*args, **kwargs)
-        prompt_ids = call.pop("inputs", None)
-        if prompt_ids is None:
-            prompt_ids = call.get("input_ids")
-        if prompt_ids is not None:
-            if not isinstance(prompt_ids, torch.Tensor) or prompt_ids.dim() != 2 or prompt_ids.is_floating_point():
-                _fail("input_ids", "an integer [B, L] tensor", _describe(prompt_ids))
-            call["input_ids"] = prompt_ids
-        with torch.no_grad():  # as HF's generate, which runs under no_grad
-            result, _ = _prepare(model, patch, call, query, frames, padding_side="left", labels=None)
-        _without_video(call)
-        call.pop("position_ids", None)  # generate derives them from the new mask (cumsum), as packed
-        call["inputs_embeds"] = result.inputs_embeds
-        call["attention_mask"] = result.attention_mask
-        if prompt_ids is not None:
-            _count_lengths_from_prompt(model, call, prompt_ids.shape[1])
-        out = original(**call)
-        if prompt_ids is None:
-            return out
-        sequences = out if isinstance(out, torch.Tensor) else out.sequences
-        repeat = sequences.shape[0] // prompt_ids.shape[0]  # num_return_sequences / beams
-        prompt = prompt_ids.to(sequences.device).repeat_interleave(repeat, dim=0)
-        return _compat.with_sequences(out, torch.cat([prompt, sequences], dim=1))
 
-    return generate
+def _forward(model, *args, **kwargs):
+    patch = model.__dict__[_PATCH_ATTR]
+    original = _original(model, "forward")
+    call, (query, frames) = _call(original, args, kwargs)
+    if call is None:
+        return original(*args, **kwargs)
+    cache = _compat.passed_cache(call)
+    if cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0:
+        raise ValueError("kvtp_kernels.integrations: video input with a non-empty `past_key_values` is not "
+                         "supported (the pruned prompt must be the first thing in the cache); use generate(), "
+                         "or run the video prompt first")
+    user_mask, user_positions, labels = call.get("attention_mask"), call.get("position_ids"), call.get("labels")
+    result, placement = _prepare(model, patch, call, query, frames, padding_side=None, labels=labels)
+    _without_video(call)
+    call["inputs_embeds"] = result.inputs_embeds
+    mask = result.attention_mask
+    call["attention_mask"] = None if user_mask is None and bool(mask.ne(0).all()) else mask
+    if user_positions is not None:
+        call["position_ids"] = _renumber_positions(user_positions, result.position_ids, result.attention_mask,
+                                                   placement)
+    if labels is not None:
+        call["labels"] = result.labels
+    return _compat.with_video_features(original(**call), result.pruned.tokens)
+
+
+def _generate(model, *args, **kwargs):
+    patch = model.__dict__[_PATCH_ATTR]
+    original = _original(model, "generate")
+    call, (query, frames) = _call(original, args, kwargs)
+    if call is None:
+        return original(*args, **kwargs)
+    prompt_ids = call.pop("inputs", None)
+    if prompt_ids is None:
+        prompt_ids = call.get("input_ids")
+    if prompt_ids is not None:
+        if not isinstance(prompt_ids, torch.Tensor) or prompt_ids.dim() != 2 or prompt_ids.is_floating_point():
+            _fail("input_ids", "an integer [B, L] tensor", _describe(prompt_ids))
+        call["input_ids"] = prompt_ids
+    with torch.no_grad():  # as HF's generate, which runs under no_grad
+        result, _ = _prepare(model, patch, call, query, frames, padding_side="left", labels=None)
+    _without_video(call)
+    call.pop("position_ids", None)  # generate derives them from the new mask (cumsum), as packed
+    call["inputs_embeds"] = result.inputs_embeds
+    call["attention_mask"] = result.attention_mask
+    if prompt_ids is not None:
+        _count_lengths_from_prompt(model, call, prompt_ids.shape[1])
+    out = original(**call)
+    if prompt_ids is None:
+        return out
+    sequences = out if isinstance(out, torch.Tensor) else out.sequences
+    repeat = sequences.shape[0] // prompt_ids.shape[0]  # num_return_sequences / beams
+    prompt = prompt_ids.to(sequences.device).repeat_interleave(repeat, dim=0)
+    return _compat.with_sequences(out, torch.cat([prompt, sequences], dim=1))
 
 
 def _count_lengths_from_prompt(model, call: dict, prompt_len: int) -> None:
@@ -563,5 +585,5 @@ def _prepare(model, patch: _Patch, call: dict, query: Any, frames: Any, *, paddi
         settings=patch.settings, newline=model.model.image_newline, grid_width=patch.grid,
         placeholders_per_video=[T * N + 1 for T in frame_counts], padding_side=padding_side, labels=labels,
         placement=placement, flops_config=config)
-    model.__dict__[_STATS_ATTR] = result.stats
+    record_stats(model, result.stats)
     return result, placement
