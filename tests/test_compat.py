@@ -173,3 +173,11 @@ def test_deepstack_layout_of_the_installed_release():
     assert [lvl.shape[0] for lvl in levels] == [8 + 6] * 2
     rebuilt = _compat.deepstack_like(out.deepstack_features, [list(lvl.split([8, 6])) for lvl in levels])
     assert isinstance(rebuilt[0], tuple) == isinstance(out.deepstack_features[0], (list, tuple))
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 5), (12, 5)], ids=["to 5.20 [T, N, D]", "5.21 [T*N, D]"])
+def test_frames_by_tokens(shape):
+    rows = torch.arange(60.0).reshape(shape)
+    out = _compat.frames_by_tokens(rows, 3)
+    assert out.shape == (3, 4, 5)
+    torch.testing.assert_close(out.reshape(-1), torch.arange(60.0), rtol=0, atol=0)

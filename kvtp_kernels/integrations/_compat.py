@@ -142,3 +142,11 @@ def deepstack_like(deepstack_features, per_video: list[list[torch.Tensor]]) -> l
     (a tuple per level from 5.18.0, one concatenated tensor per level in 5.17)."""
     split = isinstance(deepstack_features[0], (list, tuple))
     return [tuple(level) if split else torch.cat(level) for level in per_video]
+
+
+def frames_by_tokens(pooled: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """One video's LLaVA-NeXT-Video ``get_video_features`` rows -> [T, N, D].
+
+    Up to 5.20 each video's ``pooler_output`` entry is [T, N, D]; 5.21.0 flattened it to [T*N, D].
+    """
+    return pooled.reshape(num_frames, -1, pooled.shape[-1])

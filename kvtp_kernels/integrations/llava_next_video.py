@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .._errors import describe
-from ._compat import get_video_features
+from ._compat import frames_by_tokens, get_video_features
 from .core import _fail
 from .keep_mask import KeepMaskResult
 
@@ -83,8 +83,7 @@ class LlavaNextVideo:
                                                                  if strategy is None else strategy),
                                  return_dict=True)
         frames = call["pixel_values_videos"].shape[1]
-        # per video [T, N, D]; from 5.21.0 flattened to [T*N, D] (the model's forward flattens either way)
-        return out, [f.reshape(frames, -1, f.shape[-1]) for f in out.pooler_output]
+        return out, [frames_by_tokens(f, frames) for f in out.pooler_output]
 
     @staticmethod
     def shorten(model, call: dict, result: KeepMaskResult, positions: torch.Tensor) -> None:
