@@ -240,3 +240,11 @@ def tiny_llava_next_video_model(seed: int = 0):
         video_token_id=VIDEO, vision_feature_layer=-1, vision_feature_select_strategy="full",
         spatial_pool_stride=2, spatial_pool_mode="average", image_grid_pinpoints=[[SIZE, SIZE]])
     return transformers.LlavaNextVideoForConditionalGeneration(config).eval()
+
+
+def save_tiny_family_model(path, family: str, chat_template: str | None = CHAT_TEMPLATE) -> str:
+    """A saved tiny model of `family` ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_next_video") + its tokenizer."""
+    model = tiny_llava_next_video_model() if family == "llava_next_video" else tiny_qwen_model(family)
+    model.save_pretrained(path)
+    llm_tokenizer(chat_template).save_pretrained(path)
+    return str(path)
