@@ -350,3 +350,34 @@ def test_deep_copy_is_patched_on_its_own():
     assert theirs.shape[1] == model.kvtp_stats.sequence_lengths_after[0] < inputs["input_ids"].shape[1]
     remove_kvtp(twin)
     assert is_kvtp_applied(model) and not is_kvtp_applied(twin)
+
+
+def test_two_videos_in_one_sample_and_labels(family_model):
+    """Sample 0 holds two videos, sample 1 one: pruned = masked unpruned; budget 1.0 gives the unpatched loss."""
+    family, model = family_model
+    grids = [(2, 4, 4), (1, 4, 6), (2, 6, 4)]
+    rows = [[BOS, 4, *qwen_video_span(family, *grids[0]), 5, *qwen_video_span(family, *grids[1]), 6, 7],
+            [BOS, 8, 9, *qwen_video_span(family, *grids[2]), 10]]
+    L = max(map(len, rows))
+    ids = torch.full((2, L), PAD)
+    mask = torch.zeros((2, L), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, L - len(r):] = torch.tensor(r)
+        mask[b, L - len(r):] = 1
+    inputs = dict(input_ids=ids, attention_mask=mask, pixel_values_videos=qwen_pixels(grids, 3),
+                  video_grid_thw=torch.tensor(grids), mm_token_type_ids=qwen_token_types(ids))
+    keep = reference_keep(model, inputs, 0.4)
+    expected, _ = masked_reference(model, inputs, keep)
+    labels = torch.where(mask.bool() & (ids != VIDEO), ids, -100)
+    with torch.no_grad():
+        unpatched = model(**inputs, labels=labels)
+        with kvtp(model, budget=0.4):
+            out = model(**inputs).logits
+            stats = model.kvtp_stats
+        with kvtp(model, budget=1.0):
+            full = model(**inputs, labels=labels)
+    for b, n in enumerate(keep.sum(1).tolist()):
+        torch.testing.assert_close(out[b, out.shape[1] - n:], expected[b][keep[b]], rtol=0, atol=1e-5)
+    assert stats.video_tokens_before == [t * (h // 2) * (w // 2) for t, h, w in grids]
+    assert stats.sample_to_video == [0, 2]
+    torch.testing.assert_close(full.loss, unpatched.loss, rtol=0, atol=1e-5)
