@@ -381,3 +381,26 @@ def test_two_videos_in_one_sample_and_labels(family_model):
     assert stats.video_tokens_before == [t * (h // 2) * (w // 2) for t, h, w in grids]
     assert stats.sample_to_video == [0, 2]
     torch.testing.assert_close(full.loss, unpatched.loss, rtol=0, atol=1e-5)
+
+
+def test_rope_deltas_continue_a_pruned_prefill(family_model):
+    """After a pruned forward, model.model.rope_deltas places the next token where HF's unpatched cached step does
+    (the unpruned prompt's max position + 1), so a plain cached decoding step (no position_ids) continues as the
+    masked unpruned model does."""
+    family, model = family_model
+    inputs = make_batch(family, [(3, 4, 6)], TEXTS[:1])
+    keep = reference_keep(model, inputs, 0.3)
+    positions = full_positions(model, inputs)
+    with torch.no_grad(), kvtp(model, budget=0.3):
+        call = {k: v for k, v in inputs.items() if k != "attention_mask"}
+        out = model(**call, use_cache=True)
+        first = out.logits[:, -1].argmax(-1, keepdim=True)
+        step = model(input_ids=first, past_key_values=out.past_key_values, use_cache=True,
+                     mm_token_type_ids=torch.zeros_like(first, dtype=torch.int32)).logits[:, -1]
+    with torch.no_grad():  # the unpruned model, dropped tokens masked, the new token at the max position + 1
+        ids = torch.cat([inputs["input_ids"], first], 1)
+        expected = model(**{**inputs, "input_ids": ids, "mm_token_type_ids": qwen_token_types(ids),
+                            "attention_mask": torch.cat([keep.long(), torch.ones_like(first)], 1),
+                            "position_ids": torch.cat([positions, positions.amax((0, 2)).expand(3, 1, 1) + 1],
+                                                      2)}).logits[:, -1]
+    torch.testing.assert_close(step, expected, rtol=0, atol=1e-5)

@@ -15,7 +15,8 @@ What these models need (transformers 5.17 to 5.24; the wrappers are
   ``second_per_grid_ts`` for Qwen2.5-VL); kept tokens keep their (t, h, w) position,
   text after a video is not shifted. ``forward`` gets the 3 rows, ``generate`` 4 (a
   gap-free row first, which HF uses for the mask), and ``model.model.rope_deltas`` is
-  set to max kept position + 1 - pruned length (what HF caches for decoding);
+  set to the unpruned prompt's max position + 1 - pruned length (what HF caches for
+  decoding: a cached step then lands where it lands unpatched);
   ``second_per_grid_ts`` is dropped and ``video_grid_thw`` replaced by a stand-in, so
   nothing recomputes positions; ``mm_token_type_ids`` (made from the ids when not
   given) is shortened with the ids;
@@ -149,9 +150,10 @@ class QwenVL:
     def shorten(model, call: dict, result: KeepMaskResult, positions: torch.Tensor) -> None:
         call["mm_token_type_ids"] = result.take(call["mm_token_type_ids"])
         call.pop("second_per_grid_ts", None)
-        kept = result.take(positions)
+        # HF's rope_deltas: a cached step without positions goes to cache length + delta = the unpruned
+        # prompt's max position + 1, as unpatched (pruned lengths, the same next position)
         lengths = result.attention_mask.sum(1, keepdim=True)
-        model.model.rope_deltas = kept.amax(dim=(0, 2)).unsqueeze(1) + 1 - lengths
+        model.model.rope_deltas = positions.amax(dim=(0, 2)).unsqueeze(1) + 1 - lengths
 
     @staticmethod
     def generate_positions(result: KeepMaskResult, positions: torch.Tensor) -> torch.Tensor:
