@@ -145,3 +145,27 @@ def test_predictor_needs_a_query_or_a_tokenizer():
                   kvtp_frames=[video_frames(3, 8, 8, 4)])
     finally:
         remove_kvtp(model)
+
+
+def test_llava_next_video_predictor_one_frame_per_unit():
+    """LLaVA-NeXT-Video: a frame is a unit; scores and importance (on its 4x4 grid) come straight from the predictor."""
+    model = tiny_models.tiny_llava_next_video_model()
+    predictor = tiny_models.tiny_predictor(tokenizer=siglip_tokenizer(WORDS), use_fusion_head=False)
+    frames = video_frames(3, 40, 40, 5)
+    pixels = tiny_models.video_pixel_values_for_tests(frames)
+    N = tiny_models.N
+    ids = torch.tensor([[BOS, 4, *[tiny_models.VIDEO] * (3 * N), 6]])
+    query = "where is the red car"
+    with torch.no_grad():
+        out = predictor(predictor.preprocess(frames)[None], [query], token_grid=(4, 4), token_pool="area")
+    K = math.floor(0.4 * 3 * N + 0.5)
+    counts = ref.keep_counts_ref(out.scores.double(), K, N, 2.0, 0, False, 0.4)
+    apply_kvtp(model, budget=0.4, predictor=predictor)
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, pixel_values_videos=pixels, kvtp_query=query, kvtp_frames=[frames])
+        stats = model.kvtp_stats
+    finally:
+        remove_kvtp(model)
+    assert stats.kept_per_frame == counts.tolist()
+    assert stats.kept_per_frame != [[7, 6, 6]]  # not the uniform split: the predictor moved the budget

@@ -323,6 +323,8 @@ def test_errors(family_model):
             ids = inputs["input_ids"].clone()
             ids[0, (ids[0] == VIDEO).nonzero()[0]] = 4
             model(**{**inputs, "input_ids": ids, "mm_token_type_ids": qwen_token_types(ids)})
+        with pytest.raises(ValueError, match="`mm_encoder_outputs` must be without a 'video' entry"):
+            model(input_ids=inputs["input_ids"], mm_encoder_outputs={"video": object()})
         with pytest.raises(ValueError, match="`position_ids` must be None with video input to generate"):
             model.generate(**inputs, position_ids=torch.zeros(3, 1, inputs["input_ids"].shape[1], dtype=torch.long))
 

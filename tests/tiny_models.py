@@ -248,3 +248,10 @@ def save_tiny_family_model(path, family: str, chat_template: str | None = CHAT_T
     model.save_pretrained(path)
     llm_tokenizer(chat_template).save_pretrained(path)
     return str(path)
+
+
+def video_pixel_values_for_tests(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 [T, H, W, 3] -> [1, T, 3, SIZE, SIZE] pixel values (SigLIP's 0.5 / 0.5) for the tiny LLaVA models."""
+    from kvtp_kernels.integrations import video_pixel_values
+
+    return video_pixel_values(frames, SIZE)[None]

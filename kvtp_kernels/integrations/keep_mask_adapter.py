@@ -84,6 +84,9 @@ def install(model: Any, family: Any, settings: KVTPSettings, predictor: Any, tok
 def _bound_call(signature: inspect.Signature, args: tuple, kwargs: dict) -> tuple[dict | None, tuple]:
     """-> (the call as keywords when it carries video pixels, else None; the kvtp keyword arguments)."""
     extra = tuple(kwargs.pop(name, None) for name in KVTP_KWARGS)
+    if (kwargs.get("mm_encoder_outputs") or {}).get("video") is not None:
+        _fail("mm_encoder_outputs", "without a 'video' entry on a model patched by apply_kvtp (KVTP prunes the "
+              "features it computes from pixel_values_videos; pass those instead)", "a 'video' entry")
     if not args and kwargs.get("pixel_values_videos") is None:
         return None, extra
     bound = signature.bind(*args, **kwargs)
