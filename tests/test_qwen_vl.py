@@ -406,3 +406,24 @@ def test_rope_deltas_continue_a_pruned_prefill(family_model):
                             "position_ids": torch.cat([positions, positions.amax((0, 2)).expand(3, 1, 1) + 1],
                                                       2)}).logits[:, -1]
     torch.testing.assert_close(step, expected, rtol=0, atol=1e-5)
+
+
+def test_threads_share_a_patched_model():
+    """Concurrent generate calls on one patched model each get their own pruned result and stats."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kvtp_kernels.integrations import collect_stats
+
+    model = tiny_qwen_model("qwen2_vl")
+    batches = [make_batch("qwen2_vl", [(2, 4, 6)], TEXTS[:1], seed=s) for s in range(4)]
+    with kvtp(model, budget=0.3), torch.no_grad():
+        alone = [model.generate(**b, max_new_tokens=3, do_sample=False) for b in batches]
+
+        def run(b):
+            with collect_stats() as calls:
+                return model.generate(**b, max_new_tokens=3, do_sample=False), calls
+
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(run, batches))
+    for expected, (got, calls) in zip(alone, together):
+        assert torch.equal(got, expected) and len(calls) == 1

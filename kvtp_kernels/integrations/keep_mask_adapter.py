@@ -21,6 +21,9 @@ handed back. What every family shares, and why:
   rows name their video: whatever ``generate`` does for beams or
   ``num_return_sequences`` (repeat pixel rows per sample, or encode first and repeat
   the outputs) maps back to the right videos;
+- the hand-over is an instance attribute, so the original calls of one model run one
+  at a time (a lock; the pruning itself runs concurrently); a thread's own forward
+  steps inside its ``generate`` pass straight through;
 - ``generate`` returns the unpruned prompt ids + the new tokens (as unpatched);
   ``forward`` returns logits over the pruned sequence (padding on the input's side),
   labels moved with their rows.
@@ -29,9 +32,11 @@ handed back. What every family shares, and why:
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import inspect
+import threading
 from typing import Any
 
 import torch
@@ -60,7 +65,15 @@ class KeepMaskPatch:
     pixel_std: tuple[float, ...] | None
     saved: dict[str, tuple[bool, Any]]
     family: Any  # the family object (qwen_vl.QwenVL, llava_next_video.LlavaNextVideo)
-    busy: bool = False  # inside a wrapped call: the original generate calls the (wrapped) forward
+    #: the thread inside an original call (whose own forward steps pass straight through), or None
+    busy: int | None = None
+    #: one original call at a time per model: the kept rows are handed over through an instance attribute
+    lock: Any = dataclasses.field(default_factory=threading.RLock, repr=False, compare=False)
+
+    def __deepcopy__(self, memo):
+        fields = {f.name: copy.deepcopy(getattr(self, f.name), memo) for f in dataclasses.fields(self)
+                  if f.name not in ("busy", "lock")}
+        return KeepMaskPatch(**fields)
 
 
 def install(model: Any, family: Any, settings: KVTPSettings, predictor: Any, tokenizer: Any,
@@ -114,7 +127,7 @@ def _check_no_cache(call: dict) -> None:
 def _forward(model, *args, **kwargs):
     patch = model.__dict__[_PATCH_ATTR]
     original = _original(model, "forward")
-    if patch.busy:  # a step of our own generate: the call is already pruned
+    if patch.busy == threading.get_ident():  # a step of our own generate: the call is already pruned
         return original(*args, **kwargs)
     call, (query, frames) = _bound_call(inspect.signature(original), args, kwargs)
     if call is None:
@@ -179,17 +192,18 @@ class _Prepared:
     def feeding(self, model, patch: KeepMaskPatch):
         """For one original call: the inner get_video_features returns the kept rows; the wrappers pass through."""
         inner = model.model.__dict__
-        had, old = "get_video_features" in inner, inner.get("get_video_features")
-        inner["get_video_features"] = self.feeder
-        patch.busy = True
-        try:
-            yield
-        finally:
-            patch.busy = False
-            if had:
-                inner["get_video_features"] = old
-            else:
-                inner.pop("get_video_features", None)
+        with patch.lock:
+            had, old = "get_video_features" in inner, inner.get("get_video_features")
+            inner["get_video_features"] = self.feeder
+            patch.busy = threading.get_ident()
+            try:
+                yield
+            finally:
+                patch.busy = None
+                if had:
+                    inner["get_video_features"] = old
+                else:
+                    inner.pop("get_video_features", None)
 
 
 def _prepare(model, patch: KeepMaskPatch, call: dict, query: Any, frames: Any, *, padding_side: str,

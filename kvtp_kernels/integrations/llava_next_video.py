@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .._errors import describe
-from ._compat import frames_by_tokens, get_video_features
+from ._compat import frames_by_tokens, video_features_keyword
 from .core import _fail
 from .keep_mask import KeepMaskResult
 
@@ -77,11 +77,13 @@ class LlavaNextVideo:
         config = model.config
         layer = call.get("vision_feature_layer")
         strategy = call.get("vision_feature_select_strategy")
-        out = get_video_features(model.model, call["pixel_values_videos"],
-                                 vision_feature_layer=config.vision_feature_layer if layer is None else layer,
-                                 vision_feature_select_strategy=(config.vision_feature_select_strategy
-                                                                 if strategy is None else strategy),
-                                 return_dict=True)
+        inner = model.model  # the class's method: another thread's call may be handing over kept rows
+        method = type(inner).get_video_features.__get__(inner)
+        out = method(**{video_features_keyword(method): call["pixel_values_videos"]},
+                     vision_feature_layer=config.vision_feature_layer if layer is None else layer,
+                     vision_feature_select_strategy=(config.vision_feature_select_strategy if strategy is None
+                                                     else strategy),
+                     return_dict=True)
         frames = call["pixel_values_videos"].shape[1]
         return out, [frames_by_tokens(f, frames) for f in out.pooler_output]
 

@@ -135,7 +135,8 @@ class QwenVL:
         """The model's own video features -> (its output, V tensors [T', N, D] in (t, h, w) raster order)."""
         pixels, grid = call["pixel_values_videos"], call["video_grid_thw"]
         merge = int(model.config.vision_config.spatial_merge_size)
-        out = model.model.get_video_features(pixels, grid, return_dict=True)
+        inner = model.model  # the class's method: another thread's call may be handing over kept rows
+        out = type(inner).get_video_features(inner, pixels, grid, return_dict=True)
         features = []
         for v, (t, h, w) in enumerate(grid.tolist()):
             N = (h // merge) * (w // merge)
