@@ -87,3 +87,20 @@ def test_kvtp_eval_and_demo_choose_the_model_by_config(tmp_path, family, capsys)
     kept = [int(x) for x in re.findall(r"\d+", next(line for line in demo.splitlines()
                                                   if line.startswith("kept per frame")))]
     assert len(kept) == (2 if family in QWEN_FAMILIES else 4)
+
+
+def test_qwen3_timestamps_follow_the_frame_times():
+    seen = []
+
+    def tokenizer(text, add_special_tokens=False):
+        seen.append(text)
+        return {"input_ids": [7] * len(seen)}
+
+    inputs = QwenVLInputs(tiny_qwen_model("qwen3_vl"), (0.5,) * 3, (0.5,) * 3)
+    frames = torch.zeros(3, 40, 40, 3, dtype=torch.uint8)  # 3 frames: 2 temporal patches (the last frame repeated)
+    span = inputs.span(frames, [0.0, 2.0, 4.0], tokenizer)
+    assert seen == ["<1.0 seconds>", "<4.0 seconds>"]
+    n = inputs.video_tokens(frames) // 2
+    ids = inputs.ids
+    assert span == [7, ids["vision_start_token_id"], *[ids["video_token_id"]] * n, ids["vision_end_token_id"],
+                    7, 7, ids["vision_start_token_id"], *[ids["video_token_id"]] * n, ids["vision_end_token_id"]]

@@ -511,6 +511,7 @@ class Evaluator:
         self.predictor = predictor
         self.prompts = PromptBuilder(video_model.tokenizer, settings.prompt_format, chat_template)
         self.warmup = warmup
+        self._stamps: dict[str, list[float]] = {}  # sample id -> its frames' times (Qwen-VL timestamps)
         self._letters: list[list[int]] = []
 
     def _letter_ids(self, count: int) -> list[list[int]]:
@@ -555,12 +556,13 @@ class Evaluator:
             before, after = self.prompts.encode(multiple_choice_text(sample.question, sample.options,
                                                                      settings.instruction))
             spans.append(vm.inputs.video_tokens(frames))
-            rows.append(before + vm.inputs.span(frames, tokenizer=vm.tokenizer) + after)
+            rows.append(before + vm.inputs.span(frames, self._stamps.get(sample.id), vm.tokenizer) + after)
             letters.append(self._letter_ids(len(sample.options)))
         ids, mask = left_padded(rows, vm.pad_token_id)
         ids, mask = ids.to(vm.device), mask.to(vm.device)
         frames = [f for _, f in group]
-        pixels = vm.inputs.tensors(frames, ids, device=vm.device, dtype=vm.dtype)
+        pixels = vm.inputs.tensors(frames, ids, [self._stamps.get(s.id) for s, _ in group], device=vm.device,
+                                   dtype=vm.dtype)
         queries = [s.query or s.question for s, _ in group]
         for _ in range(self.warmup):
             for mode in settings.modes:
@@ -627,7 +629,8 @@ class Evaluator:
                 groups: dict[int, list[tuple[Sample, torch.Tensor]]] = {}
                 for sample in chunk:
                     try:
-                        frames, _ = cache.get(sample.video)
+                        frames, stamps = cache.get(sample.video)
+                        self._stamps[sample.id] = stamps.tolist()
                     except (OSError, VideoDecodeError) as exc:
                         errors.append(SampleError(sample.origin, str(exc), sample.id))
                         bar.update(1)

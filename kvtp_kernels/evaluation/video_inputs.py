@@ -147,7 +147,7 @@ class QwenVLInputs:
             x = (x / 255.0 - torch.tensor(self.mean)[:, None, None]) / torch.tensor(self.std)[:, None, None]
             rows.append(patchify(x, self.patch, self.temporal, self.merge))
             grids.append(self.grid(F, H, W))
-            s = stamps[v] if stamps is not None else None
+            s = stamps[v] if stamps is not None else None  # frame times; None: one frame per second
             step = float(s[1] - s[0]) if s is not None and len(s) > 1 else 1.0
             seconds.append(step * self.temporal)
         types = torch.zeros_like(ids, dtype=torch.int32)
