@@ -355,14 +355,16 @@ def test_deep_copy_is_patched_on_its_own():
 
 
 def test_two_videos_in_one_sample_and_labels(family_model):
-    """Sample 0 holds two videos, sample 1 one: pruned = masked unpruned; budget 1.0 gives the unpatched loss."""
+    """Sample 0 holds two videos, sample 1 one, sample 2 none: pruned = masked unpruned; budget 1.0 gives the
+    unpatched loss."""
     family, model = family_model
     grids = [(2, 4, 4), (1, 4, 6), (2, 6, 4)]
     rows = [[BOS, 4, *qwen_video_span(family, *grids[0]), 5, *qwen_video_span(family, *grids[1]), 6, 7],
-            [BOS, 8, 9, *qwen_video_span(family, *grids[2]), 10]]
+            [BOS, 8, 9, *qwen_video_span(family, *grids[2]), 10],
+            [BOS, 11, 12, 13]]  # text only
     L = max(map(len, rows))
-    ids = torch.full((2, L), PAD)
-    mask = torch.zeros((2, L), dtype=torch.long)
+    ids = torch.full((3, L), PAD)
+    mask = torch.zeros((3, L), dtype=torch.long)
     for b, r in enumerate(rows):
         ids[b, L - len(r):] = torch.tensor(r)
         mask[b, L - len(r):] = 1
@@ -381,7 +383,8 @@ def test_two_videos_in_one_sample_and_labels(family_model):
     for b, n in enumerate(keep.sum(1).tolist()):
         torch.testing.assert_close(out[b, out.shape[1] - n:], expected[b][keep[b]], rtol=0, atol=1e-5)
     assert stats.video_tokens_before == [t * (h // 2) * (w // 2) for t, h, w in grids]
-    assert stats.sample_to_video == [0, 2]
+    assert stats.sample_to_video == [0, 2, -1]
+    assert stats.sequence_lengths_after[2] == stats.sequence_lengths_before[2] == 4
     torch.testing.assert_close(full.loss, unpatched.loss, rtol=0, atol=1e-5)
 
 
