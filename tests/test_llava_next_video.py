@@ -148,3 +148,21 @@ def test_errors(model):
             ids = inputs["input_ids"].clone()
             ids[0, (ids[0] == VIDEO).nonzero()[0]] = 4
             model(**{**inputs, "input_ids": ids})
+
+
+def test_beams_at_budget_one_equal_unpatched_beams(model):
+    """Where the unpatched model's own beam search runs (5.17, 5.21 on; 5.18's expansion of LLaVA-NeXT-Video's
+    [T, N, D] features fails inside transformers), the patched one at budget 1.0 gives the same sequences."""
+    inputs = make_batch(2, TEXTS)
+    kw = dict(max_new_tokens=3, num_beams=2, num_return_sequences=2, do_sample=False)
+    with torch.no_grad():
+        try:
+            expected = model.generate(**inputs, **kw)
+        except ValueError as exc:  # transformers' own failure, not KVTP's
+            assert "non-empty list of Tensors" in str(exc)
+            expected = None
+        with kvtp(model, budget=1.0):
+            actual = model.generate(**inputs, **kw)
+    assert actual.shape[0] == 4
+    if expected is not None:
+        assert torch.equal(actual, expected)
