@@ -9,6 +9,8 @@ naive               baseline  the KVTP authors' style: loop over frames, topk + 
 torch               baseline  best vectorised PyTorch, no loop, no sync
 torch.compile       baseline  ``torch.compile(torch, dynamic=False)``, compile time not timed
 ours                ours      ``kvtp_kernels.prune``: backend "cpu" (C++) on CPU, "triton" on CUDA
+ours_graph          ours      CUDA only: ``ours`` captured in a CUDA graph, the replay timed
+ours_compile        ours      CUDA only: ``torch.compile(prune, fullgraph=True)``, headline only
 roof_index_select   roof      ``index_select`` of the kept rows, indices given (the minimum copy)
 roof_clone          roof      CUDA only: ``clone()`` of as many contiguous bytes as the kept rows
 ==================  ========  ===============================================================
@@ -104,10 +106,11 @@ def points(config: RunConfig) -> list[Point]:
         return [make_point(dtype, mode, **dict(zip(keys, values)))
                 for dtype in dtypes for mode in modes for values in itertools.product(*SWEEP.values())]
     out = []
+    headline_only = config.options.get("headline_only", False)
     for dtype in dtypes:
         for mode in modes:
             # distinct mode reads every token (~10x the bytes): only the headline row in a quick run
-            for T in (QUICK_T if mode == "given" else (HEADLINE["T"],)):
+            for T in (QUICK_T if mode == "given" and not headline_only else (HEADLINE["T"],)):
                 out.append(make_point(dtype, mode, **{**HEADLINE, "T": T}))
     return out
 
@@ -196,6 +199,31 @@ def _build_ours(case: Case):
                              backend=_ours_backend(case.device))
 
 
+def _build_ours_graph(case: Case):
+    """``ours`` captured once in a CUDA graph (exact mode has static shapes and no sync); timed: the replay."""
+    fn = _build_ours(case)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()  # compiles the kernels outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+
+    def replay():
+        graph.replay()
+        return out
+    return replay
+
+
+def _build_ours_compiled(case: Case):
+    i = case.inputs
+    compiled = torch.compile(kvtp_kernels.prune, fullgraph=True, dynamic=False)
+    return functools.partial(compiled, i["tokens"], i["scores"], i["budget"], token_scores=i["token_scores"],
+                             temperature=TEMPERATURE, backend=_ours_backend(case.device))
+
+
 def _build_roof_index_select(case: Case):
     return functools.partial(baselines.roof_index_select, case.inputs["tokens"], case.expected.indices)
 
@@ -228,6 +256,10 @@ def _skip_compiled(point: Point, config: RunConfig) -> str | None:
     return None
 
 
+def _skip_ours_compiled(point: Point, config: RunConfig) -> str | None:
+    return _skip_ours(point, config) or _skip_compiled(point, config)
+
+
 PROVIDERS = [
     Provider("naive", "baseline", _build_naive,
              description="authors' style: Python loop over frames, topk + host sync per frame, torch.cat"),
@@ -237,6 +269,11 @@ PROVIDERS = [
              description="torch.compile(torch, dynamic=False); compile time reported as setup, not timed"),
     Provider("ours", "ours", _build_ours, skip=_skip_ours,
              description="kvtp_kernels.prune: C++ kernel on CPU, one Triton launch on CUDA"),
+    Provider("ours_graph", "ours", _build_ours_graph, optional=True, skip=_skip_ours, devices=("cuda",),
+             description="ours captured in a CUDA graph; the replay is timed"),
+    Provider("ours_compile", "ours", _build_ours_compiled, optional=True, skip=_skip_ours_compiled,
+             devices=("cuda",),
+             description="torch.compile(kvtp_kernels.prune, fullgraph=True); compile time reported as setup"),
     Provider("roof_index_select", "roof", _build_roof_index_select, check="tokens",
              description="index_select of the kept rows with the indices given: the minimum copy"),
     Provider("roof_clone", "roof", _build_roof_clone, devices=("cuda",), check="none",
@@ -350,6 +387,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--scores", choices=("given", "distinct", "both"), default="both",
                        help="token-score mode(s): given token_scores (the headline) or the default "
                             "distinctiveness (reads every token)")
+    group.add_argument("--headline-only", action="store_true",
+                       help="only the headline row (B=1, T=64, N=196, D=3584, beta=0.2) per dtype and mode")
     group.add_argument("--compile-points", choices=("headline", "all", "none"), default=None,
                        help="where torch.compile runs (each point compiles once, untimed): default "
                             "'headline' for --quick, 'all' for --full")

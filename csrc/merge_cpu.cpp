@@ -106,21 +106,35 @@ void merge_rows(const at::Tensor& tokens, const double* weights, const int64_t* 
 
 at::Tensor merge_neighbors_cpu(const at::Tensor& tokens, const at::Tensor& merge_keys, const at::Tensor& weights,
                                const at::Tensor& indices, int64_t num_neighbors, bool mean) {
-  TORCH_CHECK(tokens.dim() == 4, "kvtp: `tokens` must be [B, T, N, D]; got shape ", tokens.sizes());
+  TORCH_CHECK_VALUE(tokens.dim() == 4, "kvtp: `tokens` must be [B, T, N, D]; got shape ", tokens.sizes());
+  const auto st = tokens.scalar_type();
+  TORCH_CHECK_VALUE(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
+                    "kvtp: `tokens` must be float32, float16, bfloat16 or float64; got ", st);
   const int64_t B = tokens.size(0), T = tokens.size(1), N = tokens.size(2), D = tokens.size(3);
-  TORCH_CHECK(merge_keys.dim() == 4 && merge_keys.size(0) == B && merge_keys.size(1) == T && merge_keys.size(2) == N,
-              "kvtp: `merge_keys` must be [B, T, N, Dk] = [", B, ", ", T, ", ", N, ", *]; got ", merge_keys.sizes());
-  TORCH_CHECK(weights.dim() == 3 && weights.size(0) == B && weights.size(1) == T && weights.size(2) == N,
-              "kvtp: `weights` must be [B, T, N]; got ", weights.sizes());
-  TORCH_CHECK(indices.dim() == 1 && indices.scalar_type() == at::kLong, "kvtp: `indices` must be int64 [R]");
-  TORCH_CHECK(num_neighbors >= 0 && num_neighbors < std::max<int64_t>(N, 1),
-              "kvtp: `num_neighbors` must lie in [0, N-1] = [0, ", N - 1, "]; got ", num_neighbors);
+  TORCH_CHECK_VALUE(tokens.device().is_cpu() && merge_keys.device().is_cpu() && weights.device().is_cpu() &&
+                        indices.device().is_cpu(),
+                    "kvtp: `tokens`, `merge_keys`, `weights` and `indices` must be CPU tensors; got ", tokens.device(),
+                    ", ", merge_keys.device(), ", ", weights.device(), ", ", indices.device());
+  TORCH_CHECK_VALUE(merge_keys.dim() == 4 && merge_keys.size(0) == B && merge_keys.size(1) == T &&
+                        merge_keys.size(2) == N && merge_keys.is_floating_point(),
+                    "kvtp: `merge_keys` must be a floating-point tensor [B, T, N, Dk] = [", B, ", ", T, ", ", N,
+                    ", *]; got ", merge_keys.scalar_type(), " ", merge_keys.sizes());
+  TORCH_CHECK_VALUE(weights.dim() == 3 && weights.size(0) == B && weights.size(1) == T && weights.size(2) == N &&
+                        weights.is_floating_point(),
+                    "kvtp: `weights` must be a floating-point tensor [B, T, N] = [", B, ", ", T, ", ", N, "]; got ",
+                    weights.scalar_type(), " ", weights.sizes());
+  TORCH_CHECK_VALUE(indices.dim() == 1 && indices.scalar_type() == at::kLong, "kvtp: `indices` must be int64 [R]; got ",
+                    indices.scalar_type(), " ", indices.sizes());
+  TORCH_CHECK_VALUE(num_neighbors >= 0 && num_neighbors < std::max<int64_t>(N, 1),
+                    "kvtp: `num_neighbors` must lie in [0, N-1] = [0, ", N - 1, "]; got ", num_neighbors);
   const at::Tensor idx = indices.contiguous();
   const int64_t R = idx.size(0);
   const int64_t* ip = idx.data_ptr<int64_t>();
   for (int64_t r = 0; r < R; ++r) {
-    TORCH_CHECK(ip[r] >= 0 && ip[r] < B * T * N, "kvtp: `indices` must lie in [0, B*T*N); got ", ip[r]);
-    TORCH_CHECK(r == 0 || ip[r] / N >= ip[r - 1] / N, "kvtp: `indices` must come frame by frame (sorted by frame)");
+    TORCH_CHECK_VALUE(ip[r] >= 0 && ip[r] < B * T * N, "kvtp: `indices` must lie in [0, B*T*N) = [0, ", B * T * N,
+                      "); got ", ip[r]);
+    TORCH_CHECK_VALUE(r == 0 || ip[r] / N >= ip[r - 1] / N,
+                      "kvtp: `indices` must come frame by frame (sorted by frame)");
   }
   at::Tensor out = at::empty({R, D}, tokens.options());
   if (R == 0) return out;

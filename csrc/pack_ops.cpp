@@ -101,9 +101,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pack_plan
   at::Tensor first_row = at::zeros({B}, long_opts), end_row = at::zeros({B}, long_opts);
   const at::Tensor cu64 = video_cu_seqlens.to(at::kLong);
   if (V > 0) {
+    // Clamped into [0, Kt] so that inconsistent offsets never index out of bounds here;
+    // pack_multimodal reports them (ValueError) and pack_rows re-checks on the CPU.
     const at::Tensor v = video.clamp(0, V - 1);
-    first_row = at::where(has_video, cu64.index_select(0, v), 0);
-    end_row = at::where(has_video, cu64.index_select(0, v + 1), 0);
+    first_row = at::where(has_video, cu64.index_select(0, v), 0).clamp(0, Kt);
+    end_row = at::where(has_video, cu64.index_select(0, v + 1), 0).clamp(0, Kt);
+    end_row = at::maximum(end_row, first_row);
   }
   const at::Tensor rows = end_row - first_row;
 

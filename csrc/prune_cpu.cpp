@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <numeric>
 #include <optional>
@@ -22,26 +23,54 @@ namespace {
 
 using OptTensor = std::optional<at::Tensor>;
 
+// The token dtypes the kernels are instantiated for; anything else (float8, ints) is
+// refused here, naming the argument, rather than by the dispatch macro.
+void check_token_dtype(const at::Tensor& t, const char* name) {
+  const auto st = t.scalar_type();
+  TORCH_CHECK_VALUE(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, "kvtp: `", name,
+                    "` must be float32, float16, bfloat16 or float64; got ", st);
+  TORCH_CHECK_VALUE(t.device().is_cpu(), "kvtp: `", name, "` must be on the CPU for this kernel; got ", t.device());
+}
+
 double scalar_or_zero(const OptTensor& t, const char* name) {
   if (!t.has_value()) return 0.0;
-  TORCH_CHECK(t->numel() == 1, "kvtp: `", name, "` must have one element; got shape ", t->sizes());
+  TORCH_CHECK_VALUE(t->numel() == 1 && t->is_floating_point() && t->device().is_cpu(), "kvtp: `", name,
+                    "` must be a floating-point CPU tensor of one element; got ", t->scalar_type(), " ", t->sizes(),
+                    " on ", t->device());
   return t->item<double>();
 }
 
 // Frame logits [B, T] as contiguous float64: `scores`, or the similarity of
 // METHOD.md section 1 from frame_embeds [B, T, E] and query_embeds [B, C, E].
+// B and T, when >= 0, are what the caller's tokens need.
 at::Tensor frame_logits(const OptTensor& scores, const OptTensor& frame_embeds, const OptTensor& query_embeds,
-                        const OptTensor& logit_scale, const OptTensor& logit_bias) {
+                        const OptTensor& logit_scale, const OptTensor& logit_bias, int64_t want_B = -1,
+                        int64_t want_T = -1) {
+  auto matches = [&](const at::Tensor& t) {
+    return (want_B < 0 || t.size(0) == want_B) && (want_T < 0 || t.size(1) == want_T);
+  };
   if (scores.has_value()) {
-    TORCH_CHECK(scores->dim() == 2, "kvtp: `scores` must be [B, T]; got shape ", scores->sizes());
+    TORCH_CHECK_VALUE(scores->dim() == 2 && matches(*scores) && scores->is_floating_point() &&
+                          scores->device().is_cpu(),
+                      "kvtp: `scores` must be a floating-point CPU tensor [B, T] (B = ", want_B, ", T = ", want_T,
+                      " from `tokens`; -1: any); got ", scores->scalar_type(), " ", scores->sizes(), " on ",
+                      scores->device());
     return scores->to(at::kDouble).contiguous();
   }
-  TORCH_CHECK(frame_embeds.has_value() && query_embeds.has_value(),
-              "kvtp: give `scores` or both `frame_embeds` and `query_embeds`");
+  TORCH_CHECK_VALUE(frame_embeds.has_value() && query_embeds.has_value(),
+                    "kvtp: give `scores` or both `frame_embeds` and `query_embeds`");
+  TORCH_CHECK_VALUE(frame_embeds->dim() == 3 && matches(*frame_embeds) && frame_embeds->is_floating_point() &&
+                        frame_embeds->device().is_cpu(),
+                    "kvtp: `frame_embeds` must be a floating-point CPU tensor [B, T, E] (B = ", want_B, ", T = ",
+                    want_T, "; -1: any); got ", frame_embeds->scalar_type(), " ", frame_embeds->sizes());
+  TORCH_CHECK_VALUE(query_embeds->dim() == 3 && query_embeds->is_floating_point() && query_embeds->device().is_cpu(),
+                    "kvtp: `query_embeds` must be a floating-point CPU tensor [B, C, E]; got ",
+                    query_embeds->scalar_type(), " ", query_embeds->sizes());
   const at::Tensor f = frame_embeds->to(at::kDouble).contiguous();
   const at::Tensor q = query_embeds->to(at::kDouble).contiguous();
-  TORCH_CHECK(f.dim() == 3 && q.dim() == 3 && f.size(0) == q.size(0) && f.size(2) == q.size(2),
-              "kvtp: `frame_embeds` [B, T, E] and `query_embeds` [B, C, E] disagree: ", f.sizes(), " vs ", q.sizes());
+  TORCH_CHECK_VALUE(f.size(0) == q.size(0) && f.size(2) == q.size(2) && q.size(1) >= 1,
+                    "kvtp: `frame_embeds` [B, T, E] and `query_embeds` [B, C >= 1, E] disagree: ", f.sizes(), " vs ",
+                    q.sizes());
   const int64_t B = f.size(0), T = f.size(1), E = f.size(2), C = q.size(1);
   const double ls = scalar_or_zero(logit_scale, "logit_scale"), lb = scalar_or_zero(logit_bias, "logit_bias");
   at::Tensor out = at::empty({B, T}, f.options());
@@ -62,9 +91,19 @@ at::Tensor frame_logits(const OptTensor& scores, const OptTensor& frame_embeds, 
 at::Tensor counts_from_logits(const at::Tensor& logits, int64_t num_tokens, int64_t budget, double ratio,
                               double temperature, int64_t min_tokens, bool paper) {
   const int64_t B = logits.size(0), T = logits.size(1);
-  TORCH_CHECK(temperature > 0, "kvtp: `temperature` must be > 0; got ", temperature);
-  TORCH_CHECK(paper || (min_tokens * T <= budget && budget <= num_tokens * T),
-              "kvtp: budget K=", budget, " must lie in [m*T, N*T] = [", min_tokens * T, ", ", num_tokens * T, "]");
+  // Counts are int32 and every count, share and budget an exact float64 integer.
+  TORCH_CHECK_VALUE(num_tokens >= 1 && num_tokens <= INT32_MAX, "kvtp: `num_tokens` must lie in [1, 2**31 - 1] ",
+                    "(int32 counts); got ", num_tokens);
+  TORCH_CHECK_VALUE(T <= (int64_t(1) << 53) / num_tokens, "kvtp: T*N must be <= 2**53 (exact float64 counts); got T=",
+                    T, ", N=", num_tokens);
+  TORCH_CHECK_VALUE(min_tokens >= 0 && min_tokens <= num_tokens, "kvtp: `min_tokens` must lie in [0, N=", num_tokens,
+                    "]; got ", min_tokens);
+  TORCH_CHECK_VALUE(temperature > 0 && std::isfinite(temperature), "kvtp: `temperature` must be > 0 and finite; got ",
+                    temperature);
+  TORCH_CHECK_VALUE(!paper || (ratio > 0 && ratio <= 1), "kvtp: `ratio` must lie in (0, 1] (paper allocation); got ",
+                    ratio);
+  TORCH_CHECK_VALUE(paper || (min_tokens * T <= budget && budget <= num_tokens * T), "kvtp: `budget` K must lie in [m*T, N*T] = [",
+                    min_tokens * T, ", ", num_tokens * T, "]; got ", budget);
   at::Tensor counts = at::empty({B, T}, logits.options().dtype(at::kInt));
   const double* s = logits.data_ptr<double>();
   int32_t* k = counts.data_ptr<int32_t>();
@@ -147,18 +186,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> prune_tok
     const at::Tensor& tokens, const OptTensor& scores, const OptTensor& frame_embeds, const OptTensor& query_embeds,
     const OptTensor& logit_scale, const OptTensor& logit_bias, const OptTensor& token_scores,
     const OptTensor& frame_counts, int64_t budget, int64_t total_rows, double temperature, int64_t min_tokens) {
-  TORCH_CHECK(tokens.dim() == 4, "kvtp: `tokens` must be [B, T, N, D]; got shape ", tokens.sizes());
-  TORCH_CHECK(tokens.is_floating_point(), "kvtp: `tokens` must be floating point; got ", tokens.scalar_type());
+  TORCH_CHECK_VALUE(tokens.dim() == 4, "kvtp: `tokens` must be [B, T, N, D]; got shape ", tokens.sizes());
+  check_token_dtype(tokens, "tokens");
   const int64_t B = tokens.size(0), T = tokens.size(1), N = tokens.size(2), D = tokens.size(3);
+  TORCH_CHECK_VALUE(total_rows >= 0 && total_rows <= INT32_MAX, "kvtp: `total_rows` must lie in [0, 2**31 - 1] ",
+                    "(int32 offsets); got ", total_rows);
 
   at::Tensor counts;
   if (frame_counts.has_value()) {
-    TORCH_CHECK(frame_counts->dim() == 2 && frame_counts->size(0) == B && frame_counts->size(1) == T,
-                "kvtp: `frame_counts` must be [B, T] = [", B, ", ", T, "]; got shape ", frame_counts->sizes());
-    counts = frame_counts->to(at::kInt).contiguous().clone();
+    TORCH_CHECK_VALUE(frame_counts->dim() == 2 && frame_counts->size(0) == B && frame_counts->size(1) == T &&
+                          !frame_counts->is_floating_point() && !frame_counts->is_complex() &&
+                          frame_counts->scalar_type() != at::kBool && frame_counts->device().is_cpu(),
+                      "kvtp: `frame_counts` must be an integer CPU tensor [B, T] = [", B, ", ", T, "]; got ",
+                      frame_counts->scalar_type(), " ", frame_counts->sizes(), " on ", frame_counts->device());
+    // Range-checked in int64 before the int32 copy (no wrap).
+    const at::Tensor wide = frame_counts->to(at::kLong);
+    if (wide.numel() > 0) {
+      const int64_t lo = wide.min().item<int64_t>(), hi = wide.max().item<int64_t>();
+      TORCH_CHECK_VALUE(lo >= 0 && hi <= N, "kvtp: `frame_counts` must lie in [0, N=", N, "]; got min ", lo,
+                        ", max ", hi);
+    }
+    counts = wide.to(at::kInt).contiguous();
   } else {
-    counts = counts_from_logits(frame_logits(scores, frame_embeds, query_embeds, logit_scale, logit_bias), N, budget,
-                                0.0, temperature, min_tokens, /*paper=*/false);
+    counts = counts_from_logits(frame_logits(scores, frame_embeds, query_embeds, logit_scale, logit_bias, B, T), N,
+                                budget, 0.0, temperature, min_tokens, /*paper=*/false);
   }
   const int32_t* k = counts.data_ptr<int32_t>();
 
@@ -170,19 +221,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> prune_tok
   int64_t total = 0;
   fcu[0] = vcu[0] = 0;
   for (int64_t f = 0; f < B * T; ++f) {
-    TORCH_CHECK(k[f] >= 0 && k[f] <= N, "kvtp: frame_counts must lie in [0, N=", N, "]; got ", k[f]);
+    TORCH_CHECK_VALUE(k[f] >= 0 && k[f] <= N, "kvtp: frame_counts must lie in [0, N=", N, "]; got ", k[f]);
     total += k[f];
-    TORCH_CHECK(total <= INT32_MAX, "kvtp: total kept rows exceed int32 offsets");
+    TORCH_CHECK_VALUE(total <= INT32_MAX, "kvtp: total kept rows exceed int32 offsets");
     fcu[f + 1] = static_cast<int32_t>(total);
     if ((f + 1) % T == 0) vcu[(f + 1) / T] = static_cast<int32_t>(total);
   }
-  TORCH_CHECK(total == total_rows, "kvtp: total_rows=", total_rows, " but the frame counts sum to ", total);
+  TORCH_CHECK_VALUE(total == total_rows, "kvtp: `total_rows`=", total_rows, " but the frame counts sum to ", total);
 
   at::Tensor scores64;
   if (token_scores.has_value()) {
-    TORCH_CHECK(token_scores->dim() == 3 && token_scores->size(0) == B && token_scores->size(1) == T &&
-                    token_scores->size(2) == N,
-                "kvtp: `token_scores` must be [B, T, N] = [", B, ", ", T, ", ", N, "]; got ", token_scores->sizes());
+    TORCH_CHECK_VALUE(token_scores->dim() == 3 && token_scores->size(0) == B && token_scores->size(1) == T &&
+                          token_scores->size(2) == N && token_scores->is_floating_point() &&
+                          token_scores->device().is_cpu(),
+                      "kvtp: `token_scores` must be a floating-point CPU tensor [B, T, N] = [", B, ", ", T, ", ", N,
+                      "]; got ", token_scores->scalar_type(), " ", token_scores->sizes());
     scores64 = token_scores->to(at::kDouble).contiguous();
   }
   at::Tensor out = at::empty({total_rows, D}, tokens.options());

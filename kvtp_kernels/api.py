@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import os
 from typing import NamedTuple
 
 import torch
 
 from . import ops
+from ._errors import as_int, as_real, fail
 from ._errors import describe as _describe
-from ._errors import fail
 from .reference import offsets_from_counts
 
 BACKENDS = ("reference", "cpu", "triton")
@@ -27,6 +28,10 @@ ALLOCATIONS = ("exact", "paper")
 METHODS = ("topk", "prumerge", "tome", "random")
 MERGES = ("paper", "mean")
 _INT32_MAX = 2**31 - 1
+#: dtypes of ``tokens`` the kernels are built for (float8 and others are refused up front).
+TOKEN_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+#: dtypes of scores and embeddings (widened to float64 inside).
+SCORE_DTYPES = TOKEN_DTYPES
 
 
 class PrunedTokens(NamedTuple):
@@ -58,25 +63,27 @@ _fail = functools.partial(fail, "kvtp_kernels")
 
 
 def _check_tensor(arg: str, t: object, *, shape: tuple, device: torch.device | None, floating: bool = True) -> None:
-    """``shape`` entries: int = exact size, None = any size."""
+    """``shape`` entries: int = exact size, None = any size. Builds no message unless it fails
+    (sizes may be symbolic under torch.compile)."""
     if not isinstance(t, torch.Tensor):
         _fail(arg, "a torch.Tensor", type(t).__name__)
-    want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
     if t.dim() != len(shape) or any(s is not None and s != g for s, g in zip(shape, t.shape)):
+        want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
         _fail(arg, f"of shape {want}", _describe(t))
-    if floating and not t.is_floating_point():
-        _fail(arg, "a floating-point tensor", _describe(t))
+    if floating and t.dtype not in SCORE_DTYPES:
+        _fail(arg, "a floating-point tensor (float32, float16, bfloat16 or float64)", _describe(t))
     if device is not None and t.device != device:
         _fail(arg, f"on {device} (the device of `tokens`)", _describe(t))
 
 
-def _check_number(arg: str, value: object, *, lo: float, integer: bool = False, lo_open: bool = False) -> None:
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        _fail(arg, "an int" if integer else "a number", repr(value))
+def _check_number(arg: str, value: object, *, lo: float, integer: bool = False, lo_open: bool = False):
+    """-> the value as a Python int (``integer``) or float; accepts numbers.Integral /
+    numbers.Real (numpy scalars) and 0-d CPU tensors."""
+    value = as_int(_fail, arg, value) if integer else as_real(_fail, arg, value)
     bad = value <= lo if lo_open else value < lo
-    if bad or not math.isfinite(value):
+    if bad or not value - value == 0:  # NaN or infinite (math.isfinite does not trace under dynamo)
         _fail(arg, f"{'>' if lo_open else '>='} {lo} and finite", repr(value))
+    return value
 
 
 def resolve_budget(budget: object, num_frames: int, num_tokens: int, min_tokens: int) -> tuple[int, float]:
@@ -86,8 +93,7 @@ def resolve_budget(budget: object, num_frames: int, num_tokens: int, min_tokens:
     (``ratio = K / (T*N)`` for paper mode). K must lie in [m*T, N*T].
     """
     T, N, m = num_frames, num_tokens, min_tokens
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
-        _fail("budget", "a float ratio in (0, 1] or an int token count", repr(budget))
+    budget = _as_budget(budget)
     if isinstance(budget, float):
         if not (0.0 < budget <= 1.0):
             _fail("budget", "in (0, 1] as a ratio (a float); pass an int for a token count", repr(budget))
@@ -106,13 +112,27 @@ def resolve_budget(budget: object, num_frames: int, num_tokens: int, min_tokens:
     return K, ratio
 
 
-def _check_common(temperature, allocation, min_tokens_per_frame, num_tokens) -> None:
-    _check_number("temperature", temperature, lo=0.0, lo_open=True)
+def _as_budget(budget: object) -> int | float:
+    """An integer (numbers.Integral, integer 0-d CPU tensor) is a token count; another real
+    (numbers.Real, floating 0-d CPU tensor) a ratio."""
+    if isinstance(budget, torch.Tensor) and budget.dim() == 0 and budget.device.type == "cpu":
+        if budget.dtype == torch.bool:
+            _fail("budget", "a float ratio in (0, 1] or an int token count", _describe(budget))
+        budget = budget.item()
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
+        _fail("budget", "a float ratio in (0, 1] or an int token count", repr(budget))
+    return int(budget) if isinstance(budget, numbers.Integral) else float(budget)
+
+
+def _check_common(temperature, allocation, min_tokens_per_frame, num_tokens) -> tuple[float, int]:
+    """-> (temperature as a float, min_tokens_per_frame as an int)."""
+    temperature = _check_number("temperature", temperature, lo=0.0, lo_open=True)
     if allocation not in ALLOCATIONS:
         _fail("allocation", f"one of {ALLOCATIONS}", repr(allocation))
-    _check_number("min_tokens_per_frame", min_tokens_per_frame, lo=0, integer=True)
-    if min_tokens_per_frame > num_tokens:
-        _fail("min_tokens_per_frame", f"<= N = {num_tokens} (tokens per frame)", repr(min_tokens_per_frame))
+    m = _check_number("min_tokens_per_frame", min_tokens_per_frame, lo=0, integer=True)
+    if m > num_tokens:
+        _fail("min_tokens_per_frame", f"<= N = {num_tokens} (tokens per frame)", repr(m))
+    return temperature, m
 
 
 def _as_logit_param(arg: str, value: object, device: torch.device) -> torch.Tensor | None:
@@ -125,7 +145,7 @@ def _as_logit_param(arg: str, value: object, device: torch.device) -> torch.Tens
         if value.device != device:
             _fail(arg, f"on {device} (the device of `tokens`)", _describe(value))
         return value.detach().reshape(1).to(torch.float64)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         _fail(arg, "a finite float or a one-element tensor", repr(value))
     return torch.full((1,), float(value), dtype=torch.float64, device=device)
 
@@ -186,6 +206,14 @@ _MERGE_OPS = {"reference": "merge_neighbors_ref", "cpu": "merge_neighbors", "tri
 _TOME_OPS = {"reference": "tome_merge_ref", "cpu": "tome_merge", "triton": "tome_merge"}
 
 
+def _check_count_bounds(T, N) -> None:
+    """Counts are int32 and every count, share and budget is an exact float64 integer."""
+    if N > _INT32_MAX:
+        _fail("num_tokens", f"<= 2**31 - 1 = {_INT32_MAX} (per-frame counts are int32)", repr(N))
+    if T * N > 2**53:
+        _fail("num_tokens", f"such that T*N <= 2**53 (exact float64 counts; T = {T})", repr(N))
+
+
 def _op(table: dict[str, str], backend: str):
     return getattr(torch.ops.kvtp, table[backend])
 
@@ -231,13 +259,13 @@ def keep_counts(
     if B == 0 or T == 0:
         _fail("scores", "non-empty (B > 0, T > 0)", _describe(scores))
     _check_tensor("scores", s, shape=(B, T), device=None)
-    _check_number("num_tokens", num_tokens, lo=1, integer=True)
-    _check_common(temperature, allocation, min_tokens_per_frame, num_tokens)
-    K, ratio = resolve_budget(budget, T, num_tokens, min_tokens_per_frame)
+    num_tokens = _check_number("num_tokens", num_tokens, lo=1, integer=True)
+    _check_count_bounds(T, num_tokens)
+    temperature, m = _check_common(temperature, allocation, min_tokens_per_frame, num_tokens)
+    K, ratio = resolve_budget(budget, T, num_tokens, m)
     backend = select_backend(backend, s.device)
-    counts = _op(_KEEP_COUNTS_OPS, backend)(
-        s, None, None, None, None, num_tokens, K, ratio, float(temperature), min_tokens_per_frame,
-        allocation == "paper")
+    counts = _op(_KEEP_COUNTS_OPS, backend)(s, None, None, None, None, num_tokens, K, ratio, temperature, m,
+                                            allocation == "paper")
     return counts if batched else counts.squeeze(0)
 
 
@@ -299,7 +327,9 @@ def prune(
         num_neighbors: prumerge's neighbours per kept token, in [0, N-1]; default
             ``min(32, N-1)`` (the authors use 32).
         generator: ``method="random"`` only: a ``torch.Generator`` on the tokens'
-            device, or an int seed.
+            device (``torch.rand``), or an int seed (a counter-based hash of the seed and
+            the token's position: the same draw on every device and backend, and it
+            traces under ``torch.compile(fullgraph=True)``); None: the global generator.
         backend: None picks by device (CUDA -> "triton", CPU -> "cpu", the C++
             kernel); "reference", "cpu" or "triton" force one.
 
@@ -310,8 +340,8 @@ def prune(
         _fail("tokens", "a torch.Tensor of shape [B, T, N, D] or [T, N, D]", type(tokens).__name__)
     if tokens.dim() not in (3, 4):
         _fail("tokens", "of shape [B, T, N, D] or [T, N, D]", _describe(tokens))
-    if not tokens.is_floating_point():
-        _fail("tokens", "a floating-point tensor (float32, float16 or bfloat16)", _describe(tokens))
+    if tokens.dtype not in TOKEN_DTYPES:
+        _fail("tokens", "a floating-point tensor (float32, float16, bfloat16 or float64)", _describe(tokens))
     batched = tokens.dim() == 4
     x = tokens if batched else tokens.unsqueeze(0)
     B, T, N, D = x.shape
@@ -331,18 +361,21 @@ def prune(
     ts = batch("token_scores", token_scores)
     if ts is not None:
         _check_tensor("token_scores", ts, shape=(B, T, N), device=device)
-    _check_common(temperature, allocation, min_tokens_per_frame, N)
-    K, ratio = resolve_budget(budget, T, N, min_tokens_per_frame)
+    _check_count_bounds(T, N)
+    temperature, m = _check_common(temperature, allocation, min_tokens_per_frame, N)
+    K, ratio = resolve_budget(budget, T, N, m)
     if B * K > _INT32_MAX:
         _fail("budget", f"such that B*K fits int32 cu_seqlens (<= {_INT32_MAX})", f"B*K = {B * K}")
-    keys, n_neighbors = _check_method(method, ts, batch("merge_keys", merge_keys), merge, num_neighbors, generator,
-                                      B, T, N, device)
+    keys, n_neighbors, generator = _check_method(method, ts, batch("merge_keys", merge_keys), merge, num_neighbors,
+                                                 generator, B, T, N, device)
     backend = select_backend(backend, device)
-    temperature = float(temperature)
-    m = min_tokens_per_frame
     if method == "random":
         ts = _random_scores(generator, (B, T, N), device)
 
+    if allocation == "paper" and torch.compiler.is_compiling():
+        _fail("allocation", "'exact' under torch.compile: 'paper' sizes its output from the counts with a "
+              "device-to-host sync, which a compiled graph cannot hold (call prune outside the compiled region, "
+              "or use allocation='exact', whose output size is static)", repr(allocation))
     if allocation == "exact":
         counts, total, max_seqlen = None, B * K, K
     else:  # paper: counts first, then one sync for the data-dependent output size
@@ -385,9 +418,8 @@ def _check_method(method, token_scores, merge_keys, merge, num_neighbors, genera
         if isinstance(generator, torch.Generator) and generator.device.type != device.type:
             _fail("generator", f"a torch.Generator on {device.type} (the device of `tokens`)",
                   f"a generator on {generator.device}")
-        if generator is not None and not isinstance(generator, torch.Generator) and (
-                isinstance(generator, bool) or not isinstance(generator, int)):
-            _fail("generator", "a torch.Generator or an int seed", repr(generator))
+        if generator is not None and not isinstance(generator, torch.Generator):
+            generator = as_int(_fail, "generator", generator, what="a torch.Generator or an int seed")
     if method == "tome" and token_scores is not None:
         _fail("token_scores", "None for method='tome' (ToMe merges by key similarity, not by score)", "a tensor")
     if method == "prumerge":
@@ -399,16 +431,44 @@ def _check_method(method, token_scores, merge_keys, merge, num_neighbors, genera
             _fail("merge", f"one of {MERGES}", repr(merge))
         if num_neighbors is None:
             num_neighbors = min(32, N - 1)
-        _check_number("num_neighbors", num_neighbors, lo=0, integer=True)
+        num_neighbors = _check_number("num_neighbors", num_neighbors, lo=0, integer=True)
         if num_neighbors > N - 1:
             _fail("num_neighbors", f"<= N-1 = {N - 1} (the other tokens of a frame)", repr(num_neighbors))
     elif num_neighbors is not None:
         _fail("num_neighbors", f"None for method={method!r} (only 'prumerge' has neighbours)", repr(num_neighbors))
-    return merge_keys, num_neighbors
+    return merge_keys, num_neighbors, generator
 
 
 def _random_scores(generator, shape, device) -> torch.Tensor:
-    """iid uniform token scores: their top-k is a uniformly random k-subset."""
-    if isinstance(generator, int):
-        generator = torch.Generator(device=device).manual_seed(generator)
-    return torch.rand(shape, generator=generator, device=device)
+    """iid uniform token scores in [0, 1): their top-k is a uniformly random k-subset.
+
+    A ``torch.Generator`` draws with ``torch.rand``. An int seed draws from a counter-based
+    hash of (seed, flat position) in int64 tensor ops: no generator object, so it traces
+    under ``torch.compile(fullgraph=True)``, and the same seed gives the same scores on
+    every device and backend.
+    """
+    if generator is None or isinstance(generator, torch.Generator):  # None: the global generator
+        return torch.rand(shape, generator=generator, device=device)
+    return hashed_uniform(generator, shape, device)
+
+
+_M32 = 0xFFFFFFFF
+
+
+def _mix32(x):
+    """A 32-bit integer hash (xor-shift-multiply, multiplier < 2**27 so int64 never overflows);
+    works on Python ints and int64 tensors of values in [0, 2**32)."""
+    x = ((x ^ (x >> 16)) * 0x45D9F3B) & _M32
+    x = ((x ^ (x >> 16)) * 0x45D9F3B) & _M32
+    return x ^ (x >> 16)
+
+
+def hashed_uniform(seed: int, shape, device) -> torch.Tensor:
+    """float64 values in [0, 1) (53 random bits each) from ``seed`` and the flat position."""
+    seed &= 2**64 - 1
+    k1 = _mix32((seed & _M32) ^ _mix32((seed >> 32) ^ 0x9E3779B9))
+    k2 = _mix32(k1 ^ 0x85EBCA6B)
+    idx = torch.arange(math.prod(shape), dtype=torch.int64, device=device)
+    a = _mix32(_mix32((idx & _M32) ^ k1) ^ (idx >> 32))
+    b = _mix32(a ^ k2)
+    return ((a << 21) + (b >> 11)).to(torch.float64).mul_(2.0**-53).view(shape)

@@ -10,7 +10,9 @@
 
 ``kvtp SUBCOMMAND --help`` documents every option. Exit codes: 0 = done; 1 = done, but
 some samples were skipped (listed at the end); 2 = usage error (bad option, unusable data
-file or model), argparse style. Without the console script: ``python -m kvtp_kernels.cli``.
+file, model, device or output path; checked before any work starts), one line
+``kvtp SUBCOMMAND: error: ...``, argparse style; 130 = interrupted (Ctrl-C). Without the
+console script: ``python -m kvtp_kernels.cli``.
 """
 
 from __future__ import annotations
@@ -75,6 +77,48 @@ def _positive_float(text: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a finite number > 0; got {text!r}")
     return value
+
+
+def _text(text: str) -> str:
+    """argparse type: a non-blank string."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name the same file (existing or not)."""
+    try:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_output_target(option: str, path: str) -> None:
+    """An output file the run creates or appends to: not a folder, not under a file, writable."""
+    if os.path.isdir(path):
+        raise _UsageError(f"{option} {path!r} is a directory; give a file path")
+    folder = os.path.dirname(os.path.abspath(path))
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise _UsageError(f"{option} {path!r}: {existing!r} is a file, not a folder")
+    if not os.access(path if os.path.exists(path) else existing, os.W_OK):
+        raise _UsageError(f"{option} {path!r}: not writable")
+
+
+def _check_writable_file(option: str, path: str) -> None:
+    """A file the run will write at its end: usable now, so that a long run does not fail there."""
+    if os.path.isdir(path):
+        raise _UsageError(f"{option} {path!r} is a directory; give a file path")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise _UsageError(f"{option} {path!r}: its folder {folder!r} does not exist or is not a folder")
+    if not os.access(path if os.path.exists(path) else folder, os.W_OK):
+        raise _UsageError(f"{option} {path!r}: not writable")
 
 
 def _modes(text: str) -> tuple[str, ...]:
@@ -275,7 +319,7 @@ def _add_demo(sub) -> None:
                         "LlavaOnevision: Qwen2 hidden 64, SigLIP 64 px, 16 tokens per frame; no download)")
     p.add_argument("--predictor", default=None,
                    help="FrameRelevancePredictor checkpoint (default: none, uniform frame scores)")
-    p.add_argument("--question", default="What is the person on the bike doing?",
+    p.add_argument("--question", type=_text, default="What is the person on the bike doing?",
                    help="the question (the predictor's query and, with --model, the prompt)")
     p.add_argument("--budget", type=_budget, default=0.2, help="ratio in (0, 1] or token count kept per video")
     p.add_argument("--temperature", type=_positive_float, default=2.0, help="tau of the frame softmax")
@@ -314,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="KVTP (Keyframe-oriented Vision Token Pruning): evaluate, prepare data, train the "
                                "relevance predictor, benchmark the kernels.",
         epilog="'kvtp SUBCOMMAND --help' lists every option of a subcommand. Exit status: 0 done, 1 done with "
-               "skipped samples (listed at the end), 2 usage error.")
+               "skipped samples (listed at the end), 2 usage error, 130 interrupted (Ctrl-C).")
     parser.add_argument("--version", action="version", version=f"kvtp_kernels {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
     _add_bench(sub)
@@ -364,7 +408,7 @@ def _run_bench(argv: list[str]) -> int:
 def _run_train(argv: list[str]) -> int:
     from .predictor.train import main as train_main
 
-    return int(train_main(argv) or 0)
+    return int(train_main(argv, prog=f"{PROG} train-predictor") or 0)
 
 
 # ----------------------------------------------------------------------------------
@@ -405,6 +449,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         summarize,
     )
 
+    output = args.output or f"kvtp-eval-{os.path.splitext(os.path.basename(args.data))[0]}.jsonl"
+    if _same_file(output, args.data):
+        raise _UsageError(f"--output {output!r} is the data file --data; choose another results file")
+    _check_output_target("--output", output)
+    if args.summary_json:
+        _check_writable_file("--summary-json", args.summary_json)
+        if _same_file(args.summary_json, output) or _same_file(args.summary_json, args.data):
+            raise _UsageError(f"--summary-json {args.summary_json!r} must differ from --data and --output")
     samples, data_errors = read_samples(args.data)
     samples = _select(samples, args.subset, args.limit)
     if args.strict and data_errors:
@@ -429,10 +481,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         max_frames=args.max_frames,
         dtype=str(dtype).removeprefix("torch."), prompt_format=args.prompt_format,
         instruction=DEFAULT_INSTRUCTION if args.instruction is None else args.instruction)
-    output = args.output or f"kvtp-eval-{os.path.splitext(os.path.basename(args.data))[0]}.jsonl"
     results = ResultsFile(output, settings.to_dict(), overwrite=args.overwrite)
     if results.dropped_partial_line:
         print(f"{PROG} eval: dropped a truncated last line of {output} (an interrupted write)", file=sys.stderr)
+    if results.repaired_newline:
+        print(f"{PROG} eval: added the missing newline after the last record of {output}", file=sys.stderr)
     torch.manual_seed(0)
     video_model = load_video_model(args.model, device=device, dtype=dtype,
                                    attn_implementation=args.attn_implementation)
@@ -470,6 +523,16 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
                               f"kvtp train-predictor reads); got {path!r}")
     if not 0 < args.sparsity_budget <= 1:
         raise _UsageError(f"--sparsity-budget must be in (0, 1]; got {args.sparsity_budget}")
+    dense_path = args.dense_output or os.path.splitext(args.output)[0] + ".dense.jsonl"
+    if _same_file(args.output, args.data):
+        raise _UsageError(f"--output {args.output!r} is the data file --data; choose another output file")
+    if _same_file(dense_path, args.data):
+        raise _UsageError(f"--dense-output {dense_path!r} is the data file --data; choose another file")
+    if _same_file(dense_path, args.output):
+        raise _UsageError(f"--dense-output {dense_path!r} is --output; the sparse and the dense samples need two "
+                          "files")
+    _check_output_target("--output", args.output)
+    _check_output_target("--dense-output", dense_path)
     samples, data_errors = read_samples(args.data, require_options=False, require_answer=False)
     samples = _select(samples, None, args.limit)
     if args.strict and data_errors:
@@ -497,7 +560,6 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
                                 threshold=args.threshold, temperature=args.sparsity_temperature,
                                 budget=args.sparsity_budget, tokens_per_frame=args.tokens_per_frame,
                                 keep_all=args.keep_all, annotator=annotator.describe())
-    dense_path = args.dense_output or os.path.splitext(args.output)[0] + ".dense.jsonl"
     output = ResultsFile(args.output, settings.to_dict(), overwrite=args.overwrite)
     dense = ResultsFile(dense_path, settings.to_dict(), overwrite=args.overwrite)
     report = annotate(samples, annotator, output, dense_output=dense, settings=settings, data_errors=data_errors,
@@ -568,6 +630,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     if args.method == "prumerge" and not args.predictor:
         raise _UsageError("--method prumerge needs --predictor (its token importance gives the merge weights)")
+    if isinstance(args.budget, float) and not 0 < args.budget <= 1:
+        raise _UsageError(f"--budget must be a ratio in (0, 1] or a token count; got {args.budget}")
     path = args.video or _sample_video()
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
@@ -583,6 +647,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         vm = VideoModel.from_model(tiny_llava_onevision(args.seed).to(device=device, dtype=dtype), None)
         before, after = [2, 4, 5, 6], [7, 8, 9]  # BOS, a few word ids (the tiny model has no tokenizer)
         model_name = "tiny random LlavaOnevision (Qwen2 hidden 64, SigLIP 64 px)"
+    video_tokens = vm.inputs.video_tokens(frames) - getattr(vm.inputs, "newlines", 0)  # T*N (frame units x N)
+    if isinstance(args.budget, int) and not 1 <= args.budget <= video_tokens:
+        raise _UsageError(f"--budget as a token count must lie in [1, T*N] = [1, {video_tokens}] for this video "
+                          f"and model; got {args.budget}")
     predictor = load_predictor(args.predictor, device=device, dtype=dtype) if args.predictor else None
     span = vm.inputs.span(frames, stamps.tolist(), vm.tokenizer)
     ids, mask = left_padded([before + span + after], vm.pad_token_id)
@@ -643,7 +711,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # main
 # ----------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``kvtp`` command line; returns the exit status (0 done, 1 some samples skipped, 2 usage error)."""
+    """Run the ``kvtp`` command line; returns the exit status (0 done, 1 some samples skipped, 2 usage error,
+    130 interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] in DELEGATED:
@@ -661,6 +730,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = argv[0] if argv else ""
         print(f"{PROG} {command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        command = argv[0] if argv else ""
+        print(f"\n{PROG} {command}: interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:
         from .evaluation.annotate import AnnotatorUnavailable
         from .evaluation.data import DataFileError

@@ -24,6 +24,9 @@ import torch
 
 from .reference import NORM_EPS, rank_ref
 
+#: Elements per float64 chunk of the final member sums (32 MiB).
+_CHUNK_ELEMENTS = 2**22
+
 
 def tome_rounds(num_tokens: int) -> int:
     """Rounds that bring any frame of N tokens down to any k >= 1."""
@@ -40,8 +43,8 @@ def tome_merge(tokens: torch.Tensor, merge_keys: torch.Tensor, counts: torch.Ten
 
     Returns:
         (rows [total_rows, D] in the dtype of ``tokens``, survivors' flat indices int64
-        [total_rows]), in (video, frame, raster) order; decisions in float64, the
-        members' sums in float32.
+        [total_rows]), in (video, frame, raster) order; decisions and the members'
+        sums in float64, rounded once.
     """
     B, T, N, D = tokens.shape
     F, dev = B * T, tokens.device
@@ -81,13 +84,18 @@ def tome_merge(tokens: torch.Tensor, merge_keys: torch.Tensor, counts: torch.Ten
     alive = alive & (k[:, None] > 0)
     # Every size starts at 1, so a survivor is the plain mean of the original tokens it
     # absorbed: one pass over the tokens at the end instead of one per round, summed
-    # straight into the output slots (float32 sums of a few rows; the oracle is float64).
+    # straight into the output slots. The sums are float64 and, on the CPU, run in
+    # ascending token order (index_add_ adds its source rows in order), exactly as
+    # reference.tome_ref forms them: the rows equal the reference bit for bit.
     alive_flat = alive.reshape(-1)
     slot = torch.where(alive_flat, alive_flat.long().cumsum(0) - 1, total_rows)  # dead frames: a spare row
     member_slot = slot[(frame_base + owner).reshape(-1)]
-    sums = torch.zeros(total_rows + 1, D, dtype=torch.float32, device=dev).index_add_(
-        0, member_slot, tokens.reshape(F * N, D).float())[:total_rows]
+    flat = tokens.reshape(F * N, D)
+    sums = torch.zeros(total_rows + 1, D, dtype=torch.float64, device=dev)
+    step = max(1, _CHUNK_ELEMENTS // max(D, 1))  # float64 copies of the tokens in bounded chunks
+    for lo in range(0, F * N, step):
+        sums.index_add_(0, member_slot[lo:lo + step], flat[lo:lo + step].double())
     # Survivors in raster order, without a sync: a stable sort puts them first.
     order = torch.sort((~alive_flat).byte(), stable=True).indices[:total_rows]
-    rows = sums.double() / S.reshape(-1)[order, None]
+    rows = sums[:total_rows] / S.reshape(-1)[order, None]
     return rows.to(tokens.dtype), order

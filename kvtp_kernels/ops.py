@@ -38,7 +38,8 @@ Schemas (C++ ops define them in ``csrc/ops.cpp``; Python ops infer the same one)
     tome_merge(Tensor tokens, Tensor merge_keys, Tensor counts, int total_rows)
         -> (Tensor merged, Tensor indices)                               # ToMe
 
-Argument conventions (checked by :mod:`kvtp_kernels.api`, not here):
+Argument conventions (the front door, :mod:`kvtp_kernels.api`, checks them for users; every op
+checks them again itself, see :mod:`kvtp_kernels._opchecks`):
 
 - ``tokens`` [B, T, N, D]; frame relevance comes from ``scores`` [B, T], or, when it
   is ``None``, from ``frame_embeds`` [B, T, E] and ``query_embeds`` [B, C, E] with
@@ -55,7 +56,7 @@ from __future__ import annotations
 
 import torch
 
-from . import methods
+from . import _opchecks, methods
 from . import reference as ref
 
 try:  # the C++ extension registers kvtp::keep_counts and kvtp::prune_tokens
@@ -78,6 +79,8 @@ def _num_frames(scores, frame_embeds) -> tuple[int, int]:
 
 def _keep_counts_fake(scores, frame_embeds, query_embeds, logit_scale, logit_bias,
                       num_tokens, budget, ratio, temperature, min_tokens, paper):
+    _opchecks.check_keep_counts(scores, frame_embeds, query_embeds, logit_scale, logit_bias, num_tokens, budget,
+                                ratio, temperature, min_tokens, paper)
     B, T = _num_frames(scores, frame_embeds)
     device = (scores if scores is not None else frame_embeds).device
     return torch.empty((B, T), dtype=torch.int32, device=device)
@@ -85,6 +88,8 @@ def _keep_counts_fake(scores, frame_embeds, query_embeds, logit_scale, logit_bia
 
 def _prune_tokens_fake(tokens, scores, frame_embeds, query_embeds, logit_scale, logit_bias,
                        token_scores, frame_counts, budget, total_rows, temperature, min_tokens):
+    _opchecks.check_prune_tokens(tokens, scores, frame_embeds, query_embeds, logit_scale, logit_bias, token_scores,
+                                 frame_counts, budget, total_rows, temperature, min_tokens)
     B, T, _, D = tokens.shape
     dev = tokens.device
     return (
@@ -140,6 +145,8 @@ def keep_counts_ref(
     min_tokens: int,
     paper: bool,
 ) -> torch.Tensor:
+    _opchecks.check_keep_counts(scores, frame_embeds, query_embeds, logit_scale, logit_bias, num_tokens, budget,
+                                ratio, temperature, min_tokens, paper)
     s = resolve_scores_ref(scores, frame_embeds, query_embeds, logit_scale, logit_bias)
     return ref.keep_counts_ref(s, budget, num_tokens, temperature, min_tokens, paper, ratio)
 
@@ -159,6 +166,8 @@ def prune_tokens_ref(
     temperature: float,
     min_tokens: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    _opchecks.check_prune_tokens(tokens, scores, frame_embeds, query_embeds, logit_scale, logit_bias, token_scores,
+                                 frame_counts, budget, total_rows, temperature, min_tokens, data=True)
     if frame_counts is None:
         s = resolve_scores_ref(scores, frame_embeds, query_embeds, logit_scale, logit_bias)
         frame_counts = ref.keep_counts_ref(s, budget, tokens.shape[2], temperature, min_tokens, False, 0.0)
@@ -173,13 +182,67 @@ prune_tokens_ref.register_fake(_prune_tokens_fake)
 register_prune_autograd("kvtp::prune_tokens_ref")
 
 # ----------------------------------------------------------------------------------
-# Within-frame merging methods (METHOD.md section 3). Not differentiable.
+# Within-frame merging methods (METHOD.md section 3).
+#
+# Autograd: both merges are linear in the tokens once their decisions (who is kept,
+# who merges into whom: piecewise constant in the keys) are fixed. The backward pass
+# recomputes the op's own PyTorch formulation under autograd and differentiates it:
+# PruMerge (every backend: prumerge_ref, whose values all backends equal) w.r.t.
+# ``tokens`` and ``weights``; ToMe w.r.t. ``tokens``. The keys get no gradient (their
+# only effect is through argmax/top-k decisions, whose derivative is zero where it
+# exists), nor do indices and counts.
 # ----------------------------------------------------------------------------------
+def _merge_setup_context(ctx, inputs, output):
+    tokens, merge_keys, weights, indices, num_neighbors, mean = inputs
+    ctx.num_neighbors, ctx.mean = num_neighbors, mean
+    ctx.save_for_backward(tokens, merge_keys, weights, indices)
+
+
+def _merge_backward(ctx, grad):
+    tokens, merge_keys, weights, indices = ctx.saved_tensors
+    want_x, want_a = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+    with torch.enable_grad():
+        x = tokens.detach().requires_grad_(want_x)
+        a = weights.detach().requires_grad_(want_a)
+        y = ref.prumerge_ref(x, merge_keys.detach(), a, indices, ctx.num_neighbors, ctx.mean)
+        wrt = [t for t, want in ((x, want_x), (a, want_a)) if want]
+        got = list(torch.autograd.grad(y, wrt, grad)) if wrt else []
+    gx = got.pop(0) if want_x else None
+    ga = got.pop(0) if want_a else None
+    return gx, None, ga, None, None, None
+
+
+def _tome_setup_context(ctx, inputs, output):
+    tokens, merge_keys, counts, total_rows = inputs
+    ctx.total_rows = total_rows
+    ctx.save_for_backward(tokens, merge_keys, counts)
+
+
+def _tome_backward_with(fn):
+    def backward(ctx, grad_rows, _grad_indices):
+        tokens, merge_keys, counts = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        with torch.enable_grad():
+            x = tokens.detach().requires_grad_(True)
+            rows = fn(x, merge_keys.detach(), counts, ctx.total_rows)[0]
+            (gx,) = torch.autograd.grad(rows, [x], grad_rows)
+        return gx, None, None, None
+
+    return backward
+
+
+def register_merge_autograd(op_name: str) -> None:
+    torch.library.register_autograd(op_name, _merge_backward, setup_context=_merge_setup_context)
+
+
 def _merge_neighbors_fake(tokens, merge_keys, weights, indices, num_neighbors, mean):
+    _opchecks.check_merge_neighbors(tokens, merge_keys, weights, indices, num_neighbors, mean)
     return tokens.new_empty((indices.shape[0], tokens.shape[-1]))
 
 
 def _tome_merge_fake(tokens, merge_keys, counts, total_rows):
+    _opchecks.check_tome_merge(tokens, merge_keys, counts, total_rows)
     return (tokens.new_empty((total_rows, tokens.shape[-1])),
             torch.empty((total_rows,), dtype=torch.int64, device=tokens.device))
 
@@ -193,6 +256,7 @@ def merge_neighbors_ref(
     num_neighbors: int,
     mean: bool,
 ) -> torch.Tensor:
+    _opchecks.check_merge_neighbors(tokens, merge_keys, weights, indices, num_neighbors, mean, data=True)
     return ref.prumerge_ref(tokens, merge_keys, weights, indices, num_neighbors, mean)
 
 
@@ -200,6 +264,7 @@ def merge_neighbors_ref(
 def tome_merge_ref(
     tokens: torch.Tensor, merge_keys: torch.Tensor, counts: torch.Tensor, total_rows: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    _opchecks.check_tome_merge(tokens, merge_keys, counts, total_rows, data=True)
     return ref.tome_ref(tokens, merge_keys, counts)
 
 
@@ -207,12 +272,19 @@ def tome_merge_ref(
 def tome_merge(
     tokens: torch.Tensor, merge_keys: torch.Tensor, counts: torch.Tensor, total_rows: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    _opchecks.check_tome_merge(tokens, merge_keys, counts, total_rows, data=True)
     return methods.tome_merge(tokens, merge_keys, counts, total_rows)
 
 
 merge_neighbors_ref.register_fake(_merge_neighbors_fake)
 tome_merge_ref.register_fake(_tome_merge_fake)
 tome_merge.register_fake(_tome_merge_fake)
+register_merge_autograd("kvtp::merge_neighbors_ref")
+torch.library.register_autograd("kvtp::tome_merge_ref",
+                                _tome_backward_with(lambda x, k, c, r: ref.tome_ref(x, k, c)),
+                                setup_context=_tome_setup_context)
+torch.library.register_autograd("kvtp::tome_merge", _tome_backward_with(methods.tome_merge),
+                                setup_context=_tome_setup_context)
 
 # ----------------------------------------------------------------------------------
 # C++ ops: schemas and CPU kernels live in csrc/; fakes and autograd are added here.
@@ -222,6 +294,7 @@ if HAS_CPP:
     torch.library.register_fake("kvtp::prune_tokens")(_prune_tokens_fake)
     torch.library.register_fake("kvtp::merge_neighbors")(_merge_neighbors_fake)
     register_prune_autograd("kvtp::prune_tokens")
+    register_merge_autograd("kvtp::merge_neighbors")
 
 # ----------------------------------------------------------------------------------
 # Triton ops: optional (triton may be missing, e.g. on a CPU-only install).
@@ -239,3 +312,4 @@ except ImportError as exc:
 
 if HAS_TRITON:
     register_prune_autograd("kvtp::prune_tokens_triton")
+    register_merge_autograd("kvtp::merge_neighbors_triton")

@@ -45,12 +45,14 @@ newline, -1 padding. The backward pass is one ``index_add_`` into that concatena
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 
 from . import ops
+from ._errors import as_int
 from .api import PrunedTokens, _describe, _fail
 
 LAYOUTS = ("grid", "frame", "video", "none")
@@ -216,6 +218,57 @@ def _check_video(video: PrunedTokens, D: int, dtype: torch.dtype, device: torch.
     return V, T
 
 
+#: What each flag of :func:`_video_flags` asserts, with the field it names.
+_VIDEO_CHECKS = (
+    ("video.cu_seqlens", "offsets starting at 0"),
+    ("video.cu_seqlens", "non-decreasing offsets"),
+    ("video.cu_seqlens", "offsets ending at Kt = video.tokens.shape[0]"),
+    ("video.frame_cu_seqlens", "offsets starting at 0, non-decreasing, ending at Kt = video.tokens.shape[0]"),
+    ("video.frame_counts", "the differences of video.frame_cu_seqlens (the rows of each frame)"),
+    ("video.cu_seqlens", "video.frame_cu_seqlens at every T-th entry (video v starts where its first frame does)"),
+    ("video.frame_counts", "in [0, tokens_per_frame] (tokens kept per frame of N = tokens_per_frame)"),
+    ("video.indices", "flat indices (v*T + t)*N + n of each row's own frame, with N = tokens_per_frame"),
+)
+
+
+def _video_flags(video: PrunedTokens, V: int, T: int, tokens_per_frame: int | None) -> torch.Tensor:
+    """int64 [len(_VIDEO_CHECKS)]: 1 where the offsets of ``video`` hold, 0 where not. Tensor
+    ops only (no sync): read together with the plan's summary."""
+    cu = video.cu_seqlens.long()
+    fcu = video.frame_cu_seqlens.long()
+    Kt = video.tokens.shape[0]
+    counts = video.frame_counts.reshape(V * T).long()
+    true = torch.ones((), dtype=torch.bool, device=cu.device)
+    flags = [cu[0] == 0, (cu[1:] >= cu[:-1]).all(), cu[-1] == Kt,
+             (fcu[0] == 0) & (fcu[1:] >= fcu[:-1]).all() & (fcu[-1] == Kt),
+             (counts == fcu[1:] - fcu[:-1]).all(),
+             (fcu[::T] == cu).all() if T > 0 else (cu == 0).all()]
+    if tokens_per_frame is not None:
+        N = tokens_per_frame
+        flags.append(((counts >= 0) & (counts <= N)).all())
+        if Kt > 0 and T > 0:
+            rows = torch.arange(Kt, device=cu.device)
+            frame = torch.searchsorted(fcu[1:], rows, right=True)  # frame of each row
+            flags.append((torch.div(video.indices, N, rounding_mode="floor") == frame).all()
+                         & (video.indices >= 0).all())
+        else:
+            flags.append(true)
+    else:
+        flags += [true, true]
+    return torch.stack(flags).long()
+
+
+def _raise_for_video(flags: list[int], video: PrunedTokens) -> None:
+    for ok, (field, expected) in zip(flags, _VIDEO_CHECKS):
+        if not ok:
+            value = {"video.cu_seqlens": video.cu_seqlens, "video.frame_cu_seqlens": video.frame_cu_seqlens,
+                     "video.frame_counts": video.frame_counts, "video.indices": video.indices}[field]
+            shown = value.reshape(-1)[:16].tolist()
+            more = " ..." if value.numel() > 16 else ""
+            _fail(field, f"consistent with the other PrunedTokens fields: {expected}",
+                  f"{shown}{more} (Kt = {video.tokens.shape[0]} rows)")
+
+
 def _check_sample_to_video(sample_to_video: object, B: int, V: int) -> list[int] | None:
     """-> the mapping as a list, or None for the identity."""
     if sample_to_video is None:
@@ -228,10 +281,13 @@ def _check_sample_to_video(sample_to_video: object, B: int, V: int) -> list[int]
             _fail("sample_to_video", "a sequence of ints or a CPU tensor (reading a device tensor would sync)",
                   _describe(sample_to_video))
         sample_to_video = sample_to_video.tolist()
+    elif hasattr(sample_to_video, "__array__") and hasattr(sample_to_video, "tolist"):  # a numpy array
+        sample_to_video = sample_to_video.tolist()
     if not isinstance(sample_to_video, Sequence) or len(sample_to_video) != B or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in sample_to_video):
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in sample_to_video):
         _fail("sample_to_video", f"a sequence of B = {B} ints (video of each sample, -1 for none)",
               repr(sample_to_video))
+    sample_to_video = [int(v) for v in sample_to_video]
     used = sorted(v for v in sample_to_video if v != -1)
     if used != list(range(V)):
         _fail("sample_to_video", f"a mapping that names each of the {V} videos exactly once (other entries -1)",
@@ -327,7 +383,12 @@ def pack_multimodal(
             any output is written: shapes, dtypes and devices of every tensor, the
             layout options, ``sample_to_video``; and, whenever the plan's summary is
             read (always on CPU; on CUDA unless ``length`` is given, since that
-            check needs the sync), each sample's placeholder span and ``length``.
+            check needs the sync), each sample's placeholder span and ``length``, and
+            the consistency of the ``video`` fields (offsets start at 0, never
+            decrease and end at the row count; ``frame_counts`` are the differences of
+            ``frame_cu_seqlens``; videos start where their first frame does; for the
+            grid layout, counts <= ``tokens_per_frame`` and every index lies in its
+            row's frame), naming the field.
     """
     if not isinstance(text_embeds, torch.Tensor):
         _fail("text_embeds", "a torch.Tensor of shape [B, L, D]", type(text_embeds).__name__)
@@ -344,11 +405,15 @@ def pack_multimodal(
     if padding_side not in PADDING_SIDES:
         _fail("padding_side", f"one of {PADDING_SIDES}", repr(padding_side))
     if layout == "grid":
+        grid_width = as_int(_fail, "grid_width", grid_width, what="an int >= 1 for layout='grid'")
+        tokens_per_frame = as_int(_fail, "tokens_per_frame", tokens_per_frame, what="an int >= 1 for layout='grid'")
         for arg, value in (("grid_width", grid_width), ("tokens_per_frame", tokens_per_frame)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if value < 1:
                 _fail(arg, "an int >= 1 for layout='grid'", repr(value))
-    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 0):
-        _fail("length", "None or an int >= 0", repr(length))
+    if length is not None:
+        length = as_int(_fail, "length", length, what="None or an int >= 0")
+        if length < 0:
+            _fail("length", "None or an int >= 0", repr(length))
     if layout == "none":
         newline = None
     elif not isinstance(newline, torch.Tensor):
@@ -386,6 +451,14 @@ def pack_multimodal(
         else:
             sample_video = sample_video.to(device)
 
+    video_flags = None
+    if video is not None:
+        video_flags = _video_flags(video, V, num_frames, tokens_per_frame if layout == "grid" else None)
+        if device.type == "cpu" and not torch.compiler.is_compiling():  # free to read: before the plan
+            flags = video_flags.tolist()
+            if not all(flags):
+                _raise_for_video(flags, video)
+            video_flags = None
     cu_seqlens, sample_info, text_rank, newline_cu, summary = torch.ops.kvtp.pack_plan(
         text_mask, video_mask, sample_video, video_cu, video_indices, layout, num_frames, grid_width or 0,
         tokens_per_frame or 0)
@@ -395,7 +468,10 @@ def pack_multimodal(
     # The summary is read where that is free (CPU) and where the size is needed anyway;
     # under torch.compile only in the latter case, since reading it breaks the graph.
     if length is None or (device.type == "cpu" and not torch.compiler.is_compiling()):
-        total, longest, bad_sample, code = summary.tolist()  # the one device-to-host sync
+        read = summary if video_flags is None else torch.cat([summary, video_flags])
+        total, longest, bad_sample, code, *flags = read.tolist()  # the one device-to-host sync
+        if flags and not all(flags):
+            _raise_for_video(flags, video)
         if bad_sample >= 0:
             _raise_for_sample(bad_sample, code, mapping)
         if total > _INT32_MAX:

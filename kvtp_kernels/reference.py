@@ -333,9 +333,12 @@ def tome_ref(tokens: torch.Tensor, merge_keys: torch.Tensor, counts: torch.Tenso
     while a frame has n > k tokens, split them by position into A (even) and B (odd);
     each a in A picks its most similar b in B (cosine of the keys; ties to the lower
     b); the r = min(n - k, |A|) pairs with the highest similarity (ties to the lower
-    a) merge a into b as size-weighted means of tokens and keys (sizes add). The
-    survivors keep their raster order; a survivor's index is its own position (the
-    representative of everything merged into it). k = 0 keeps nothing.
+    a) merge a into b as size-weighted means of tokens and keys (sizes add); a survivor's
+    row is therefore the mean of the original tokens it holds, formed as their float64
+    sum in raster order divided by their count (as ``methods.tome_merge`` forms it, so
+    the two agree bit for bit on the CPU). The survivors keep their raster order; a
+    survivor's index is its own position (the representative of everything merged into
+    it). k = 0 keeps nothing.
 
     Returns:
         (rows [sum k, D] in the dtype of ``tokens`` (float64 math), indices int64 of
@@ -349,7 +352,8 @@ def tome_ref(tokens: torch.Tensor, merge_keys: torch.Tensor, counts: torch.Tenso
         if k == 0:
             continue
         alive = list(range(N))
-        X, K, S = x[f].clone(), keys[f].clone(), [1.0] * N
+        K, S = keys[f].clone(), [1.0] * N
+        members = {i: [i] for i in range(N)}  # the original tokens each survivor holds
         while len(alive) > k:
             A, Bs = alive[0::2], alive[1::2]
             r = min(len(alive) - k, len(A))
@@ -364,12 +368,21 @@ def tome_ref(tokens: torch.Tensor, merge_keys: torch.Tensor, counts: torch.Tenso
             for b in sorted({b for _, _, b in chosen}):
                 group = [a for _, a, bb in chosen if bb == b]
                 size = S[b] + sum(S[a] for a in group)
-                X[b] = (S[b] * X[b] + sum(S[a] * X[a] for a in group)) / size
                 K[b] = (S[b] * K[b] + sum(S[a] * K[a] for a in group)) / size
                 S[b] = size
+                members[b] = sorted(members[b] + [m for a in group for m in members[a]])
             merged = {a for _, a, _ in chosen}
             alive = [i for i in alive if i not in merged]
-        rows.append(X[alive])
+        # A survivor's row: the size-weighted mean of the merged tokens, which (sizes
+        # start at 1) is the plain mean of its original tokens: summed one by one in
+        # float64 in raster order, divided by the count, rounded once.
+        out = torch.empty((len(alive), D), dtype=torch.float64, device=tokens.device)
+        for q, i in enumerate(alive):
+            acc = torch.zeros(D, dtype=torch.float64, device=tokens.device)
+            for m in members[i]:
+                acc = acc + x[f, m]
+            out[q] = acc / float(len(members[i]))
+        rows.append(out)
         reps.append(torch.tensor(alive, dtype=torch.long) + f * N)
     if not rows:
         return tokens.new_zeros((0, D)), torch.zeros(0, dtype=torch.long, device=tokens.device)

@@ -23,11 +23,16 @@ from __future__ import annotations
 import bisect
 import math
 import os
+import warnings
 from fractions import Fraction
 
 import torch
 
-__all__ = ["VideoDecodeError", "load_video", "select_frames"]
+__all__ = ["TruncatedVideoWarning", "VideoDecodeError", "load_video", "select_frames"]
+
+
+class TruncatedVideoWarning(UserWarning):
+    """The file holds fewer frames than its container declares (a truncated download or copy)."""
 
 
 class VideoDecodeError(RuntimeError):
@@ -121,6 +126,11 @@ def load_video(
             video stream, no decodable frame, or changes resolution mid-stream;
             the message names the path and the reason.
         ValueError: bad ``fps`` / ``max_frames``.
+
+    Warns:
+        TruncatedVideoWarning: the file holds fewer frames than its container declares
+            (a truncated file): the message gives both counts; the frames that are
+            there are sampled.
     """
     import av  # lazily: only video loading needs PyAV
 
@@ -144,12 +154,18 @@ def load_video(
         stream = container.streams.video[0]
         time_base = stream.time_base or Fraction(1, 1)
         start = stream.start_time or 0
+        declared = int(stream.frames or 0)  # the container's frame count (0: not recorded)
         try:
             pts = sorted(p.pts for p in container.demux(stream) if p.size and p.pts is not None)
         except av.FFmpegError as exc:
             raise VideoDecodeError(path, f"demuxing failed ({exc})") from exc
     if not pts:
-        raise VideoDecodeError(path, "its video stream has no frames (zero frames)")
+        declared_note = f" (the container declares {declared})" if declared else ""
+        raise VideoDecodeError(path, f"its video stream has no frames (zero frames){declared_note}")
+    if declared and len(pts) < declared:
+        warnings.warn(f"kvtp_kernels.load_video: {path!r}: only {len(pts)} of the {declared} frames its container "
+                      "declares are in the file (truncated?); sampling from those", TruncatedVideoWarning,
+                      stacklevel=2)
     times = [float((p - start) * time_base) for p in pts]
     wanted = select_frames(times, fps, max_frames)
     wanted_pts = {pts[i] for i in wanted}

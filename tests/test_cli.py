@@ -138,3 +138,119 @@ def test_python_dash_m_entry_point():
                             timeout=120)
     assert result.returncode == 2
     assert "usage: kvtp eval" in result.stderr and "required: --data, --model" in result.stderr
+
+
+# ----------------------------------------------------------------------------------
+# User errors: one line, exit 2, before any work (issue 14, item 9)
+# ----------------------------------------------------------------------------------
+def _one_line_error(capsys, prefix):
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err, err
+    assert lines and lines[-1].startswith(prefix), err
+    return lines[-1]
+
+
+def _data_file(tmp_path):
+    import json
+
+    row = {"id": "a", "video": sample_video("carphone_pristine.mp4"), "question": "what ?", "options": ["x", "y"],
+           "answer": "A"}
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    return str(path)
+
+
+def test_eval_data_file_with_invalid_utf8(tmp_path, capsys):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"id": "a", "video": "v.mp4", "question": "caf\xe9"}\n')
+    assert main(["eval", "--data", str(path), "--model", "m", "--output", str(tmp_path / "o.jsonl")]) == 2
+    line = _one_line_error(capsys, "kvtp eval: error: ")
+    assert "bad.jsonl: line 1: not valid UTF-8" in line
+
+
+@pytest.mark.parametrize("case", ["under a file", "a directory", "a directory with --overwrite", "the data file"])
+def test_eval_unusable_output(tmp_path, capsys, case):
+    data = _data_file(tmp_path)
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "folder").mkdir()
+    output, extra = {"under a file": (tmp_path / "file" / "o.jsonl", []),
+                     "a directory": (tmp_path / "folder", []),
+                     "a directory with --overwrite": (tmp_path / "folder", ["--overwrite"]),
+                     "the data file": (data, [])}[case]
+    assert main(["eval", "--data", data, "--model", str(tmp_path / "no-model"), "--output", str(output), *extra]) == 2
+    line = _one_line_error(capsys, "kvtp eval: error: --output")
+    assert {"under a file": "is a file, not a folder", "a directory": "is a directory",
+            "a directory with --overwrite": "is a directory", "the data file": "is the data file"}[case] in line
+
+
+@pytest.mark.parametrize("where", ["missing folder", "a directory"])
+def test_eval_unwritable_summary_json_before_any_work(tmp_path, capsys, where):
+    data = _data_file(tmp_path)
+    (tmp_path / "folder").mkdir()
+    summary = tmp_path / "nope" / "s.json" if where == "missing folder" else tmp_path / "folder"
+    output = tmp_path / "o.jsonl"
+    argv = ["eval", "--data", data, "--model", str(tmp_path / "no-model"), "--output", str(output),
+            "--summary-json", str(summary)]
+    assert main(argv) == 2
+    _one_line_error(capsys, "kvtp eval: error: --summary-json")
+    assert not output.exists()  # refused before the results file (and the model) were touched
+
+
+def test_annotate_refuses_overlapping_files(tmp_path, capsys):
+    data = _data_file(tmp_path)
+    out = str(tmp_path / "o.jsonl")
+    base = ["annotate", "--data", data, "--model", "m", "--annotator", "openai", "--url", "http://127.0.0.1:9"]
+    assert main([*base, "--output", out, "--dense-output", out]) == 2
+    assert "--dense-output" in _one_line_error(capsys, "kvtp annotate: error: ")
+    data_jsonl = str(tmp_path / "d.jsonl")
+    assert main([*base, "--output", data_jsonl]) == 2
+    assert "is the data file" in _one_line_error(capsys, "kvtp annotate: error: --output")
+
+
+def test_train_predictor_usage_names_itself(capsys):
+    assert main(["train-predictor"]) == 2
+    assert "usage: kvtp train-predictor" in capsys.readouterr().err
+
+
+def _labels(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text(f"video,query,labels\n{sample_video('carphone_pristine.mp4')},what,0 3 5 1\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("case", ["missing model", "cuda without CUDA", "output-dir under a file"])
+def test_train_predictor_user_errors(tmp_path, capsys, monkeypatch, case):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (tmp_path / "file").write_text("x")
+    model = save_tiny_predictor(tmp_path / "predictor") if case != "missing model" else str(tmp_path / "no-model")
+    out = str(tmp_path / ("file/run" if case == "output-dir under a file" else "run"))
+    argv = ["train-predictor", _labels(tmp_path), "--model", model, "--output-dir", out]
+    if case == "cuda without CUDA":
+        argv += ["--device", "cuda"]
+    assert main(argv) == 2
+    line = _one_line_error(capsys, "kvtp train-predictor: error: ")
+    assert {"missing model": "--model", "cuda without CUDA": "--device cuda: torch sees no CUDA device",
+            "output-dir under a file": "--output-dir"}[case] in line
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--budget", "100000", "--max-frames", "2"], "--budget as a token count must lie in [1, T*N]"),
+    (["demo", "--budget", "2.5"], "--budget must be a ratio in (0, 1]"),
+    (["demo", "--question", ""], "--question: must not be empty"),
+    (["demo", "--question", "   "], "--question: must not be empty"),
+])
+def test_demo_user_errors(argv, message, capsys):
+    assert main([*argv, "--video", sample_video("carphone_pristine.mp4"), "--repeats", "1"]) == 2
+    assert message in _one_line_error(capsys, "kvtp demo: error: ")
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_cmd_demo", interrupted)
+    assert main(["demo"]) == 130
+    assert _one_line_error(capsys, "kvtp demo: interrupted") == "kvtp demo: interrupted"

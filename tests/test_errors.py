@@ -2,6 +2,7 @@
 
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -90,8 +91,71 @@ def test_cpu_op_checks_its_own_arguments():
     """The C++ op validates what it relies on even when called without the front door."""
     tokens = torch.randn(1, 3, 4, 2)
     counts = torch.tensor([[1, 2, 9]], dtype=torch.int32)
-    with pytest.raises(RuntimeError, match=r"frame_counts must lie in \[0, N=4\]"):
+    with pytest.raises(ValueError, match=r"`frame_counts` must lie in \[0, N=4\]; got min 1, max 9"):
         torch.ops.kvtp.prune_tokens(tokens, None, None, None, None, None, None, counts, 0, 12, 2.0, 0)
     counts = torch.tensor([[1, 2, 3]], dtype=torch.int32)
-    with pytest.raises(RuntimeError, match=r"total_rows=5 but the frame counts sum to 6"):
+    with pytest.raises(ValueError, match=r"`total_rows`=5 but the frame counts sum to 6"):
         torch.ops.kvtp.prune_tokens(tokens, None, None, None, None, None, None, counts, 0, 5, 2.0, 0)
+
+
+# ----------------------------------------------------------------------------------
+# Keep counts at the int32 bound (issue 14, item 5): a clear error, never a wrap
+# ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_keep_counts_refuse_counts_beyond_int32(backend):
+    # before: [0, 0, 0, 0] (2**40 wrapped), INT_MIN counts, or "Expected a value of type 'int'"
+    for budget, num_tokens in ((0.5, 2**40), (2**33, 2**31), (0.5, 2**62)):
+        with pytest.raises(ValueError, match=r"`num_tokens` must be <= 2\*\*31 - 1 = 2147483647.*per-frame counts"):
+            kvtp_kernels.keep_counts(torch.zeros(4), budget, num_tokens, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_keep_counts_at_the_int32_bound_are_exact(backend):
+    N = 2**31 - 1
+    counts = kvtp_kernels.keep_counts(torch.zeros(4), 4 * N, N, backend=backend)
+    assert counts.dtype == torch.int32 and counts.tolist() == [N] * 4
+    K = 3 * N + 5  # > 2**32: the budget itself needs 64 bits
+    counts = kvtp_kernels.keep_counts(torch.tensor([0.0, 0.0, 50.0, 0.0]), K, N, backend=backend, temperature=1.0)
+    assert counts.tolist()[2] == N and max(counts.tolist()) <= N and sum(counts.long().tolist()) == K
+
+
+# ----------------------------------------------------------------------------------
+# Number types (issue 14, item 6)
+# ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_numpy_and_tensor_scalars_are_numbers(backend):
+    tokens, scores = torch.randn(2, T, N, D), torch.randn(2, T)
+    want = kvtp_kernels.prune(tokens, scores, 5, temperature=1.5, min_tokens_per_frame=1, backend=backend)
+    for budget in (np.int64(5), np.int32(5), torch.tensor(5)):
+        for temperature in (np.float32(1.5), np.float64(1.5), torch.tensor(1.5, dtype=torch.float64)):
+            got = kvtp_kernels.prune(tokens, scores, budget, temperature=temperature, min_tokens_per_frame=np.int8(1),
+                                     backend=backend)
+            assert torch.equal(got.tokens, want.tokens) and got.max_seqlen == 5
+    ratio = kvtp_kernels.prune(tokens, scores, 0.5, backend=backend)
+    for budget in (np.float32(0.5), np.float64(0.5), torch.tensor(0.5)):
+        assert torch.equal(kvtp_kernels.prune(tokens, scores, budget, backend=backend).indices, ratio.indices)
+    counts = kvtp_kernels.keep_counts(scores, np.float32(0.5), np.int64(N), temperature=np.float16(2.0),
+                                      backend=backend)
+    assert torch.equal(counts, kvtp_kernels.keep_counts(scores, 0.5, N, backend=backend))
+    merged = kvtp_kernels.prune(tokens, scores, 0.5, method="prumerge", token_scores=torch.rand(2, T, N),
+                                num_neighbors=np.int64(2), backend=backend)
+    assert merged.tokens.shape[0] == 2 * 10
+    drawn = kvtp_kernels.prune(tokens, scores, 0.5, method="random", generator=np.int64(4), backend=backend)
+    assert torch.equal(drawn.indices, kvtp_kernels.prune(tokens, scores, 0.5, method="random", generator=4,
+                                                         backend=backend).indices)
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2, torch.complex64, torch.int32])
+def test_unsupported_token_dtypes_are_refused_up_front(dtype):
+    tokens = torch.randn(2, T, N, D).to(dtype)
+    with pytest.raises(ValueError, match=rf"`tokens` must be a floating-point tensor \(float32, float16, bfloat16 or "
+                                         rf"float64\); got a {dtype} tensor"):
+        kvtp_kernels.prune(tokens, torch.randn(2, T), 0.5)
+    with pytest.raises(ValueError, match=r"`scores` must be a floating-point tensor"):
+        kvtp_kernels.prune(torch.randn(2, T, N, D), torch.randn(2, T).to(dtype), 0.5)
+
+
+@pytest.mark.parametrize("value", [True, "3", 2.5, torch.tensor([3, 4]), np.array([3])])
+def test_integer_arguments_still_refuse_non_integers(value):
+    with pytest.raises(ValueError, match=r"`min_tokens_per_frame` must be an int"):
+        kvtp_kernels.prune(torch.randn(2, T, N, D), torch.randn(2, T), 0.5, min_tokens_per_frame=value)

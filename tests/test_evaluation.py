@@ -555,3 +555,61 @@ def test_kvtp_eval_within_frame_methods(tmp_path, model_dir, predictor_dir, caps
     assert kept["prumerge"] == kept["topk"] == kept["tome"] == kept["random"]  # KVTP fixes the counts
     for method in ("prumerge", "tome", "random"):
         assert logits[method] != logits["topk"], method  # the kept / merged tokens differ
+
+
+# ----------------------------------------------------------------------------------
+# Results files: a missing newline, two runs on one file (issue 14, item 8)
+# ----------------------------------------------------------------------------------
+def test_results_file_repairs_a_missing_final_newline(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"id": "a", "settings": {"budget": 0.2}, "x": 1}')  # complete, but no newline
+    results = ResultsFile(path, {"budget": 0.2})
+    assert set(results.records) == {"a"} and results.repaired_newline and not results.dropped_partial_line
+    results.append({"id": "b", "x": 2})
+    results.close()
+    again = ResultsFile(path, {"budget": 0.2})  # before: "line 1: not valid JSON (Extra data ...)"
+    assert set(again.records) == {"a", "b"} and not again.repaired_newline
+    assert path.read_text().count("\n") == 2
+
+
+_HOLD = """
+import sys, time
+from kvtp_kernels.evaluation.data import ResultsFile
+r = ResultsFile(sys.argv[1], {"budget": 0.2})
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_results_file_is_locked_against_a_second_run(tmp_path, model_dir):
+    import subprocess
+    import sys
+
+    path = tmp_path / "r.jsonl"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(DataFileError, match=r"r\.jsonl' is in use by another run \(it holds the file's lock\)"):
+            ResultsFile(path, {"budget": 0.2})
+        data = write_jsonl(tmp_path / "d.jsonl", eval_rows(tmp_path)[:1])
+        second = subprocess.run([sys.executable, "-m", "kvtp_kernels.cli", "eval", "--data", data, "--model",
+                                 model_dir, "--output", str(path), "--no-progress"], capture_output=True, text=True,
+                                timeout=300)
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.strip().splitlines()[-1].startswith("kvtp eval: error: output")
+        assert "in use by another run" in second.stderr and "Traceback" not in second.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    # the lock goes with its process: the file is usable again
+    assert ResultsFile(path, {"budget": 0.2}).records == {}
+
+
+def test_kvtp_eval_refuses_output_equal_to_data(tmp_path, model_dir, capsys):
+    from kvtp_kernels.cli import main
+
+    data = write_jsonl(tmp_path / "d.jsonl", eval_rows(tmp_path)[:1])
+    before = open(data).read()
+    assert main(["eval", "--data", data, "--model", model_dir, "--output", data, "--no-progress"]) == 2
+    assert "--output" in (err := capsys.readouterr().err) and "is the data file" in err
+    assert open(data).read() == before

@@ -736,3 +736,16 @@ def test_importing_kvtp_kernels_does_not_import_transformers():
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
+
+
+def test_settings_accept_numpy_and_tensor_scalars():
+    """Issue 14 item 6: numbers.Integral / numbers.Real / 0-d CPU tensors, stored as Python numbers."""
+    import numpy as np
+
+    s = KVTPSettings(budget=np.float32(0.25), temperature=np.float64(1.5), min_tokens_per_frame=np.int64(1),
+                     num_neighbors=torch.tensor(3))
+    assert (s.budget, s.temperature, s.min_tokens_per_frame, s.num_neighbors) == (0.25, 1.5, 1, 3)
+    assert type(s.budget) is float and type(s.num_neighbors) is int
+    assert KVTPSettings(budget=np.int64(40)).budget == 40
+    with pytest.raises(ValueError, match=r"`min_tokens_per_frame` must be an int >= 0; got np.float32\(1.5\)"):
+        KVTPSettings(min_tokens_per_frame=np.float32(1.5))

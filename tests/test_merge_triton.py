@@ -72,9 +72,9 @@ def bits(x):
 def gpu_tiles(request, monkeypatch):
     monkeypatch.setattr(merge_triton, "_INTERPRETING", False)
     if request.param == "tiny":
-        for name in ("_GPU_F64_PER_THREAD", "_GPU_GATHER_PER_THREAD", "_GPU_COPY_PER_THREAD",
-                     "_GPU_COMPARE_PER_THREAD"):
+        for name in ("_GPU_F64_PER_THREAD", "_GPU_COMPARE_PER_THREAD"):
             monkeypatch.setattr(merge_triton, name, 1)
+        monkeypatch.setattr(merge_triton, "_GPU_ROWS_LANE_DIVISOR", 64)  # 4-column tiles: several per row
         monkeypatch.setattr(merge_triton, "_GPU_SEARCH", 2)
     return request.param
 
@@ -100,6 +100,32 @@ def test_gpu_tiles_neighbour_counts(gpu_tiles, N, num_neighbors):
     indices = kept_indices(N, [N, 3, 1, N - 2])
     for mean in (False, True):
         check(tokens, tokens, weights, indices, num_neighbors, mean)
+
+
+def test_gpu_tiles_near_tie_parallel_keys(gpu_tiles):
+    """Parallel keys (power-of-two multiples and copies of four keys) whose cosines tie
+    exactly in every implementation: each base key has 64 entries +-1 and the rest 0, so
+    |k| is a power of two, every product and sum is exact (FMA or not, in any order: BLAS
+    on the CPU, DMMA on a GPU) and cosines are multiples of 1/64. Neighbours are then
+    decided by the tie rule alone (lowest index first) and must be the reference's."""
+    B, T, N, Dk = 1, 3, 29, 150  # 3 (gpu) / 10 (tiny) chunks of keys
+    base = torch.zeros(B, T, 4, Dk)
+    for f in range(T):
+        for g in range(4):
+            base[0, f, g, torch.randperm(Dk)[:64]] = torch.randint(0, 2, (64,)).float() * 2 - 1
+    scales = torch.tensor([1.0, 2.0, 0.5, 4.0, 0.125])
+    keys = base[:, :, torch.arange(N) % 4] * scales[torch.arange(N) % len(scales), None]
+    cos = ref.cosine_gram_ref(keys)
+    assert (cos[..., 4:, :] == cos[..., torch.arange(4, N) % 4, :]).all()  # exact ties in the reference
+    tokens = torch.randn(B, T, N, 12, dtype=torch.float64)
+    weights = torch.rand(B, T, N, dtype=torch.float64)
+    indices = kept_indices(N, [12, N, 5])
+    for num_neighbors in (3, 11, N - 1):
+        for mean in (False, True):
+            out = check(tokens, keys, weights, indices, num_neighbors, mean)
+            cpu = torch.ops.kvtp.merge_neighbors(tokens.cpu(), keys.cpu(), weights.cpu(), indices.cpu(),
+                                                 num_neighbors, mean)
+            torch.testing.assert_close(out.cpu(), cpu, atol=1e-12, rtol=1e-12)
 
 
 # ----------------------------------------------------------------------------------
@@ -262,14 +288,15 @@ def test_bad_input(overrides, arg, fragment):
 # ----------------------------------------------------------------------------------
 # One launch, op contracts
 # ----------------------------------------------------------------------------------
-def test_prumerge_is_two_launches(monkeypatch):
-    """prune + merge: one launch each, no host sync in between (exact mode)."""
+def test_prumerge_launches(monkeypatch):
+    """prune (three launches) + merge (two), no host sync in between (exact mode)."""
     counter = _LaunchCounter(torch.library.wrap_triton)
     monkeypatch.setattr(torch.library, "wrap_triton", counter)
     tokens = torch.randn(2, 5, 7, 3)
     kvtp_kernels.prune(tokens, torch.randn(2, 5), 0.5, token_scores=torch.rand(2, 5, 7), method="prumerge",
                        num_neighbors=2, backend="triton")
-    assert counter.kernels == ["_prune_tokens_kernel", "_merge_neighbors_kernel"]
+    assert counter.kernels == ["_plan_kernel", "_select_kernel", "_copy_rows_kernel", "_merge_select_kernel",
+                               "_merge_rows_kernel"]
 
 
 def test_opcheck_merge_neighbors(fake_safe_launches):  # noqa: F811  (the fixture imported above)
@@ -302,8 +329,8 @@ def test_fullgraph_compile(fake_safe_launches):  # noqa: F811  (the fixture impo
 # The interpreter cannot see GPU-only compile errors (e.g. the float64 MMA rejecting a
 # 16-bit operand width) nor register use: compile every kernel variant for sm_90 ahead
 # of time, as the launcher would specialise it (ints == 1 constant, multiples of 16
-# marked divisible), check ptxas's spill report and the float64 MMA, and run
-# torch.compile's mutation analysis of user kernels on the same launches.
+# marked divisible), check ptxas's spill report and the float64 MMA (select kernel
+# only), and run torch.compile's mutation analysis of user kernels on the same launches.
 # ----------------------------------------------------------------------------------
 _COMPILE_FOR_SM90 = textwrap.dedent("""
     import re, subprocess, tempfile
@@ -330,7 +357,7 @@ _COMPILE_FOR_SM90 = textwrap.dedent("""
     torch.library.wrap_triton = Record
     triton.runtime.driver.set_active(Driver())
     types = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
-             torch.int64: "i64"}
+             torch.int32: "i32", torch.int64: "i64"}
     e = lambda *shape, dtype=torch.float32: torch.empty(*shape, dtype=dtype)
     bf, f16, f64, i64 = torch.bfloat16, torch.float16, torch.float64, torch.int64
     llava = e(2, 64, 196, 3584, dtype=bf)  # LLaVA-Video-7B, 2 videos; keys = tokens
@@ -368,10 +395,12 @@ _COMPILE_FOR_SM90 = textwrap.dedent("""
                                     text=True, check=True).stderr
         spills = [int(n) for n in re.findall(r"(\\d+) bytes spill (?:stores|loads)", report)]
         assert spills and not any(spills), report
+        select = kernel.fn.__name__ == "_merge_select_kernel"
         dmma = len(re.findall(r"mma\\.sync\\.aligned\\.m8n8k4[^\\n]*f64", ptx))
-        assert (dmma > 0) == kwargs["HAS_NEIGHBORS"], dmma
+        assert (dmma > 0) == select, dmma
         accesses = triton_kernel_wrap.identify_accessed_tensors(kernel, dict(values), {})
-        assert [dep.name for dep in accesses.read_writes.writes] == ["out_ptr"], accesses.read_writes.writes
+        written = ["neighbors_ptr", "coefs_ptr", "merging_ptr"] if select else ["out_ptr"]
+        assert sorted(dep.name for dep in accesses.read_writes.writes) == sorted(written), accesses.read_writes.writes
     print("compiled", len(launches))
 """)
 
@@ -384,4 +413,4 @@ def test_kernel_compiles_for_sm90():
     if "ptxas" in result.stderr and "not found" in result.stderr.lower():
         pytest.skip("triton's ptxas is not available")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip() == "compiled 6"
+    assert result.stdout.strip() == "compiled 11"

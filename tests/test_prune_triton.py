@@ -2,7 +2,7 @@
 
 tests/test_prune.py compares every backend with the reference; this file covers what
 only the Triton kernels have: the GPU tile sizes (the interpreter normally runs bigger
-tiles), one launch per exact-mode call, the op contracts (opcheck, fullgraph compile),
+tiles), three launches per exact-mode call, the op contracts (opcheck, fullgraph compile),
 64-bit offsets, allocation corner cases at the kernel level, and an ahead-of-time
 compile of every kernel variant for sm_90 (the interpreter cannot see GPU-only errors).
 """
@@ -56,7 +56,9 @@ def _prune_both(tokens, scores, budget, **kw):
 def gpu_tiles(request, monkeypatch):
     monkeypatch.setattr(prune_triton, "_INTERPRETING", False)
     if request.param == "tiny":
-        for name in ("_GPU_COPY_PER_THREAD", "_GPU_F64_PER_THREAD", "_GPU_COMPARE_PER_THREAD"):
+        for name in ("_GPU_COPY_BYTES_PER_THREAD", "_GPU_EMBED_PER_THREAD", "_GPU_EMBED_PER_THREAD_SHARED",
+                     "_GPU_DISTINCT_PER_THREAD",
+                     "_GPU_COMPARE_PER_THREAD"):
             monkeypatch.setattr(prune_triton, name, 1)
     return request.param
 
@@ -96,6 +98,70 @@ def test_gpu_tiles_keep_counts_long_video(gpu_tiles):
         got = kvtp_kernels.keep_counts(scores, 0.15, 196, allocation=allocation, backend="triton")
         want = kvtp_kernels.keep_counts(scores, 0.15, 196, allocation=allocation, backend="reference")
         assert torch.equal(got, want)
+
+
+# ----------------------------------------------------------------------------------
+# Near ties: data whose decisions are exact ties in exact arithmetic and stay exact ties
+# in float64 whatever the order of the sums (scaling by powers of two commutes with
+# rounding, FMA or not; duplicates compute the same values). A GPU that contracted a
+# product into an FMA in one place but not another, or two kernels that recomputed the
+# counts in different reduction trees, would break them; on CUDA these run compiled.
+# ----------------------------------------------------------------------------------
+def _scaled_duplicates(B, T, N, D, dtype):
+    """Tokens where most of a frame are power-of-two multiples or copies of a few tokens."""
+    tokens = torch.randn(B, T, N, D).to(dtype)
+    scales = torch.tensor([1.0, 2.0, 0.5, 4.0, 0.25, 8.0, 1.0])
+    for n in range(3, N):
+        tokens[:, :, n] = tokens[:, :, n % 3] * scales[n % len(scales)]
+    return tokens
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_near_tie_scaled_duplicate_tokens(gpu_tiles, dtype):
+    B, T, N = 2, 5, 21
+    D = 300 if gpu_tiles == "gpu" else 40  # several slices of D at the GPU sizes
+    tokens = _scaled_duplicates(B, T, N, D, dtype)
+    scores = ref.distinctiveness_ref(tokens)
+    assert (scores[..., 3:] == scores[..., torch.arange(3, N) % 3]).all()  # exact ties in the reference
+    for budget in (0.3, 0.5, 17):  # cuts inside tie groups
+        _prune_both(tokens, torch.randn(B, T), budget, min_tokens_per_frame=1)
+
+
+def test_near_tie_equal_logits(gpu_tiles):
+    """Equal frame logits (copies and power-of-two multiples of one frame embedding, equal
+    given scores): equal probabilities, remainders that tie, resolved by frame index; the
+    prune reads the counts that keep_counts computes."""
+    B, T, N, E = 2, 12, 9, 40
+
+    def signs(*shape):  # 16 entries +-1, the rest 0: norm 4, every product and sum exact on any device
+        x = torch.zeros(*shape, E)
+        for row in x.view(-1, E):
+            row[torch.randperm(E)[:16]] = torch.randint(0, 2, (16,)).float() * 2 - 1
+        return x
+
+    frame_embeds = signs(B, T)
+    frame_embeds[:, 4:] = frame_embeds[:, :1] * torch.tensor([1.0, 2.0, 4.0, 0.5])[torch.arange(T - 4) % 4, None]
+    embeds = dict(frame_embeds=frame_embeds, query_embeds=signs(B, 3), logit_scale=1.3, logit_bias=-2.0)
+    logits = ref.frame_scores_ref(frame_embeds, embeds["query_embeds"], 1.3, -2.0)
+    assert (logits[:, 4:] == logits[:, :1]).all()
+    tokens = torch.randn(B, T, N, 8)
+    equal = torch.zeros(B, T)
+    for budget in (7, 0.5, T * N - 5):
+        out = _prune_both(tokens, None, budget, **embeds)
+        assert torch.equal(out.frame_counts, kvtp_kernels.keep_counts(logits, budget, N, backend="triton"))
+        out = _prune_both(tokens, equal, budget, min_tokens_per_frame=0)
+        counts = kvtp_kernels.keep_counts(equal, budget, N, backend="triton")
+        assert torch.equal(out.frame_counts, counts)
+        assert (counts.diff(dim=1) <= 0).all()  # the remainder goes to the lower frame indices
+
+
+def test_near_tie_parallel_frame_embeds_paper():
+    """Paper counts of power-of-two-parallel frame embeddings: same decisions as the reference."""
+    B, T, E = 1, 16, 24
+    frame_embeds = torch.randn(B, 1, E) * torch.tensor([1.0, 2.0, 0.25, 8.0] * 4)[None, :, None]
+    tokens = torch.randn(B, T, 10, 4)
+    _prune_both(tokens, None, 0.4, allocation="paper", frame_embeds=frame_embeds,
+                query_embeds=torch.randn(B, 2, E))
 
 
 # ----------------------------------------------------------------------------------
@@ -171,17 +237,19 @@ class _LaunchCounter:
         return self.wrap_triton(kernel)
 
 
-def test_exact_mode_is_one_launch(monkeypatch):
+def test_exact_mode_is_three_launches(monkeypatch):
+    """plan (counts once per video), select, copy; paper mode adds its keep-count launch."""
     counter = _LaunchCounter(torch.library.wrap_triton)
     monkeypatch.setattr(torch.library, "wrap_triton", counter)
     tokens = torch.randn(2, 5, 7, 3)
+    three = ["_plan_kernel", "_select_kernel", "_copy_rows_kernel"]
     kvtp_kernels.prune(tokens, torch.randn(2, 5), 0.5, backend="triton")
     kvtp_kernels.prune(tokens, None, 0.5, frame_embeds=torch.randn(2, 5, 4), query_embeds=torch.randn(2, 2, 4),
-                       backend="triton")
-    assert counter.kernels == ["_prune_tokens_kernel"] * 2
+                       token_scores=torch.randn(2, 5, 7), backend="triton")
+    assert counter.kernels == three * 2
     counter.kernels.clear()
     kvtp_kernels.prune(tokens, torch.randn(2, 5), 0.5, allocation="paper", backend="triton")
-    assert counter.kernels == ["_keep_counts_kernel", "_prune_tokens_kernel"]
+    assert counter.kernels == ["_plan_kernel"] + three
 
 
 def _op_args(B=2, T=5, N=7, D=3, **kw):
@@ -286,8 +354,10 @@ def test_offsets_beyond_int32(tmp_path):
 # changes shape): compile every kernel variant for sm_90 ahead of time, no GPU needed.
 # ----------------------------------------------------------------------------------
 _COMPILE_FOR_SM90 = textwrap.dedent("""
+    import re, subprocess, tempfile
     import torch, triton
     from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
     from triton.compiler import ASTSource
     import kvtp_kernels.kernels.prune_triton as pt
 
@@ -298,13 +368,17 @@ _COMPILE_FOR_SM90 = textwrap.dedent("""
             self.kernel = kernel
 
         def __getitem__(self, grid):
-            return lambda *args, **kwargs: launches.append((self.kernel, args, kwargs))
+            return lambda *args, **kwargs: launches.append((self.kernel, grid, args, kwargs))
 
     torch.library.wrap_triton = Record
     types = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
              torch.int32: "i32", torch.int64: "i64"}
     e = lambda *shape, dtype=torch.float32: torch.empty(*shape, dtype=dtype, device="meta")
     bf, f64, i32 = torch.bfloat16, torch.float64, torch.int32
+    headline = e(1, 64, 196, 3584, dtype=bf)  # B=1, T=64, N=196, D=3584, beta=0.2: K=2509
+    pt.prune_tokens_triton(headline, e(1, 64), None, None, None, None, e(1, 64, 196), None, 2509, 2509, 2.0, 0)
+    pt.prune_tokens_triton(headline, None, e(1, 64, 1152, dtype=bf), e(1, 2, 1152, dtype=bf), e(1, dtype=f64),
+                           e(1, dtype=f64), None, None, 2509, 2509, 2.0, 0)
     pt.prune_tokens_triton(e(2, 64, 196, 3584, dtype=bf), e(2, 64), None, None, None, None, None, None,
                            3763, 7526, 2.0, 0)
     pt.prune_tokens_triton(e(1, 8, 19, 32, dtype=torch.float16), None, e(1, 8, 24), e(1, 2, 24), e(1, dtype=f64),
@@ -313,7 +387,9 @@ _COMPILE_FOR_SM90 = textwrap.dedent("""
     pt.prune_tokens_triton(e(1, 1, 1, 1, dtype=f64), e(1, 1), None, None, None, None, None, None, 1, 1, 2.0, 1)
     pt.keep_counts_triton(e(2, 64), None, None, None, None, 196, 3763, 0.3, 2.0, 0, False)
     pt.keep_counts_triton(None, e(2, 64, 24, dtype=bf), e(2, 3, 24, dtype=bf), None, None, 196, 3763, 0.3, 2.0, 0, True)
-    for kernel, args, kwargs in launches:
+    pt.keep_counts_triton(e(1, 1024), None, None, None, None, 49, 10035, 0.2, 2.0, 0, False)
+    ptxas = get_ptxas(90).path
+    for number, (kernel, grid, args, kwargs) in enumerate(launches):
         kwargs = dict(kwargs)
         num_warps = kwargs.pop("num_warps")
         values = dict(zip(kernel.arg_names, args), **kwargs)
@@ -326,8 +402,23 @@ _COMPILE_FOR_SM90 = textwrap.dedent("""
                 signature[name], attrs[(i,)] = "*" + types[v.dtype], [["tt.divisibility", 16]]
             else:
                 signature[name] = "i32" if -2**31 <= v < 2**31 else "i64"
+                if v % 16 == 0:
+                    attrs[(i,)] = [["tt.divisibility", 16]]
         src = ASTSource(kernel, signature, constexprs, attrs)
-        triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+        compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+        with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
+            f.write(compiled.asm["ptx"])
+            f.flush()
+            report = subprocess.run([ptxas, "-arch=sm_90a", "-v", f.name, "-o", "/dev/null"], capture_output=True,
+                                    text=True, check=True).stderr
+        spills = [int(n) for n in re.findall(r"(\\d+) bytes spill (?:stores|loads)", report)]
+        assert spills and not any(spills), (kernel.fn.__name__, report)
+        if number == 2:  # the headline copy: the whole GPU, 16-byte loads
+            assert kernel.fn.__name__ == "_copy_rows_kernel"
+            assert grid[0] * grid[1] >= 264, grid
+            assert len(re.findall(r"ld\\.global[^\\n]*v4", compiled.asm["ptx"])) >= 8
+        if number == 3:  # similarity and distinctiveness sums: products rounded on their own, never FMAs
+            assert kernel.fn.__name__ == "_plan_kernel" and "mul.rn.f64" in compiled.asm["ptx"]
     print("compiled", len(launches))
 """)
 
@@ -340,4 +431,4 @@ def test_kernels_compile_for_sm90():
     if "ptxas" in result.stderr and "not found" in result.stderr.lower():
         pytest.skip("triton's ptxas is not available")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip() == "compiled 6"
+    assert result.stdout.strip() == "compiled 21"

@@ -167,3 +167,31 @@ def test_frames_of_mixed_sizes(tmp_path):
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError, match="fps|max_frames"):
         load_video(sample_video("carphone_distorted.mp4"), **kwargs)
+
+
+def test_truncated_mp4_warns_with_both_frame_counts(tmp_path):
+    # moov first (faststart), then the frames: cutting the file keeps the index and loses frames
+    path = str(tmp_path / "full.mp4")
+    with av.open(path, "w", format="mp4", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("mpeg4", rate=1)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        rng = np.random.default_rng(0)
+        for _ in range(4):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    import warnings
+
+    from kvtp_kernels.video import TruncatedVideoWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the whole file: no warning
+        assert load_video(path, fps=None)[0].shape[0] == 4
+    data = open(path, "rb").read()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    with pytest.warns(TruncatedVideoWarning, match=r"cut\.mp4'.*only 2 of the 4 frames its container declares"):
+        frames, stamps = load_video(str(cut), fps=None)
+    assert frames.shape[0] == 2 and stamps.tolist() == [0.0, 1.0]

@@ -36,7 +36,11 @@ an answer that is not among the options, a missing video, a duplicate id) become
 Results: :class:`ResultsFile` is an append-only JSONL file with one record per finished
 sample (``"id"`` + ``"settings"`` + results). Reopening it with the same settings
 resumes (finished ids are skipped); a record written with other settings is refused,
-so two experiments never mix in one file; a last line cut short by a crash is dropped.
+so two experiments never mix in one file; a last line cut short by a crash is dropped,
+and a last record that lacks only its newline gets it back before anything is appended.
+While open, the file holds an advisory lock (``flock``, POSIX): a second process that
+opens the same results file is refused with a clear error instead of evaluating
+everything again into the same file.
 """
 
 from __future__ import annotations
@@ -49,6 +53,11 @@ import os
 import re
 from collections.abc import Iterator
 from typing import Any
+
+try:  # advisory locks of results files (POSIX)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock
+    fcntl = None
 
 __all__ = [
     "DataFileError",
@@ -346,7 +355,14 @@ def read_samples(
     errors: list[SampleError] = []
     seen: dict[str, str] = {}
     rows = 0
-    for origin, row, problem in _rows(path, ext):
+    try:
+        parsed = list(_rows(path, ext))
+    except UnicodeDecodeError as exc:
+        with open(path, "rb") as fh:
+            line = fh.read(exc.start + 1 if exc.start is not None else 0).count(b"\n") + 1
+        raise DataFileError(f"{path}: line {line}: not valid UTF-8 ({exc.reason} at byte {exc.start}); save the "
+                            "file as UTF-8") from None
+    for origin, row, problem in parsed:
         rows += 1
         if problem is not None:
             errors.append(SampleError(origin, problem))
@@ -404,13 +420,19 @@ class ResultsFile:
         self.settings = _normalised(settings)
         self.records: dict[str, dict] = {}
         self.dropped_partial_line = False
-        folder = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(folder, exist_ok=True)
-        if overwrite or not os.path.exists(self.path):
-            open(self.path, "w", encoding="utf-8").close()
-            return
+        self.repaired_newline = False
+        self._lock_key: str | None = None
         if os.path.isdir(self.path):
             raise DataFileError(f"output {self.path!r} is a directory")
+        folder = os.path.dirname(os.path.abspath(self.path))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:  # a parent that is a file, no permission
+            raise DataFileError(f"output {self.path!r}: cannot create its folder {folder!r} ({exc.strerror})") from None
+        self._lock()  # before anything is read or emptied
+        if overwrite or os.path.getsize(self.path) == 0:
+            open(self.path, "w", encoding="utf-8").close()
+            return
         with open(self.path, "rb") as fh:
             data = fh.read()
         lines = data.split(b"\n")
@@ -438,6 +460,61 @@ class ResultsFile:
                     f"({_difference(record.get('settings') or {}, self.settings)}); choose another --output, or pass "
                     "--overwrite to replace it")
             self.records[record["id"]] = record
+        if not self.dropped_partial_line and data and not data.endswith(b"\n"):
+            # A complete last record without its newline (an editor, another tool): the next
+            # record would join its line and both would be lost on the next open.
+            with open(self.path, "ab") as fh:
+                fh.write(b"\n")
+            self.repaired_newline = True
+
+    # One lock per file and process: ResultsFile objects of one process share it, another
+    # process is refused. flock locks belong to the open file, so the fd stays open.
+    _held: dict[str, list] = {}
+
+    def _lock(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise DataFileError(f"output {self.path!r}: cannot open it for writing ({exc.strerror})") from None
+        key = os.path.realpath(self.path)
+        held = ResultsFile._held.get(key)
+        if held is not None:
+            os.close(fd)
+            held[1] += 1
+            self._lock_key = key
+            return
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise DataFileError(f"output {self.path!r} is in use by another run (it holds the file's lock); wait "
+                                    "for that run to finish, or choose another --output") from None
+        ResultsFile._held[key] = [fd, 1]
+        self._lock_key = key
+
+    def close(self) -> None:
+        """Release the lock (also done when the object is collected or the process exits)."""
+        key, self._lock_key = self._lock_key, None
+        held = ResultsFile._held.get(key) if key is not None else None
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] == 0:
+            del ResultsFile._held[key]
+            os.close(held[0])  # closing the fd releases the flock
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    def __enter__(self) -> ResultsFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __contains__(self, sample_id: str) -> bool:
         return sample_id in self.records

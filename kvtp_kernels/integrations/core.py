@@ -60,8 +60,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .._errors import as_int, as_real, fail
 from .._errors import describe as _describe
-from .._errors import fail
 from ..api import ALLOCATIONS, MERGES, METHODS, PrunedTokens, prune
 from ..pack import PackedInputs, pack_multimodal
 from ..reference import offsets_from_counts
@@ -121,20 +121,25 @@ class KVTPSettings:
     num_neighbors: int | None = None
 
     def __post_init__(self):
-        b = self.budget
-        if isinstance(b, bool) or not isinstance(b, (int, float)):
-            _fail("budget", "a float ratio in (0, 1] or an int token count >= 1", repr(b))
+        # numpy scalars and 0-d CPU tensors are numbers too: stored as Python ints / floats
+        def store(name, value):  # frozen: normalised numbers are set once, here
+            object.__setattr__(self, name, value)
+            return value
+
+        b = store("budget", as_real(_fail, "budget", self.budget,
+                                     what="a float ratio in (0, 1] or an int token count >= 1"))
         if isinstance(b, float) and not (0.0 < b <= 1.0):
             _fail("budget", "in (0, 1] as a ratio (a float; pass an int for a token count)", repr(b))
         if isinstance(b, int) and b < 1:
             _fail("budget", ">= 1 as a token count (an int)", repr(b))
-        t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+        t = store("temperature", as_real(_fail, "temperature", self.temperature, what="a finite number > 0"))
+        if not math.isfinite(t) or t <= 0:
             _fail("temperature", "a finite number > 0", repr(t))
         if self.allocation not in ALLOCATIONS:
             _fail("allocation", f"one of {ALLOCATIONS}", repr(self.allocation))
-        m = self.min_tokens_per_frame
-        if isinstance(m, bool) or not isinstance(m, int) or m < 0:
+        m = store("min_tokens_per_frame", as_int(_fail, "min_tokens_per_frame", self.min_tokens_per_frame,
+                                                 what="an int >= 0"))
+        if m < 0:
             _fail("min_tokens_per_frame", "an int >= 0", repr(m))
         if self.layout not in LAYOUTS:
             _fail("layout", f"one of {LAYOUTS}", repr(self.layout))
@@ -144,9 +149,10 @@ class KVTPSettings:
             _fail("method", f"one of {METHODS}", repr(self.method))
         if self.merge not in MERGES:
             _fail("merge", f"one of {MERGES}", repr(self.merge))
-        n = self.num_neighbors
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
-            _fail("num_neighbors", "None or an int >= 0", repr(n))
+        if self.num_neighbors is not None:
+            n = store("num_neighbors", as_int(_fail, "num_neighbors", self.num_neighbors, what="None or an int >= 0"))
+            if n < 0:
+                _fail("num_neighbors", "None or an int >= 0", repr(n))
 
 
 @dataclasses.dataclass
@@ -373,7 +379,8 @@ def video_pixel_values(frames: torch.Tensor, image_size: int, mean: Sequence[flo
     frames = torch.as_tensor(frames)
     if frames.dtype != torch.uint8 or frames.dim() not in (4, 5) or frames.shape[-1] != 3 or frames.numel() == 0:
         _fail("frames", "non-empty uint8 RGB frames [T, H, W, 3] or [V, T, H, W, 3]", _describe(frames))
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+    image_size = as_int(_fail, "image_size", image_size, what="an int >= 1")
+    if image_size < 1:
         _fail("image_size", "an int >= 1", repr(image_size))
     lead, (H, W) = frames.shape[:-3], frames.shape[-3:-1]
     x = frames.reshape(-1, H, W, 3).permute(0, 3, 1, 2).float()
@@ -607,8 +614,10 @@ def prune_video_inputs(
     if layout == "frame" and len(set(frame_counts)) > 1:
         _fail("layout", "'video', 'grid' or 'none' for videos of different lengths (the 'frame' layout writes "
               "the same number of newlines for every video)", f"'frame' with frame counts {frame_counts}")
-    if layout == "grid" and (isinstance(grid_width, bool) or not isinstance(grid_width, int) or grid_width < 1):
-        _fail("grid_width", "an int >= 1 for layout='grid'", repr(grid_width))
+    if layout == "grid":
+        grid_width = as_int(_fail, "grid_width", grid_width, what="an int >= 1 for layout='grid'")
+        if grid_width < 1:
+            _fail("grid_width", "an int >= 1 for layout='grid'", repr(grid_width))
     if layout != "none" and (not isinstance(newline, torch.Tensor) or newline.numel() != D):
         _fail("newline", f"a [D = {D}] tensor for layout={layout!r}", _describe(newline))
     newline = newline.reshape(D).to(device=device, dtype=dtype) if layout != "none" else None

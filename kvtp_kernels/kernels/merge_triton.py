@@ -8,31 +8,38 @@ last: the order of ``reference.rank_ref``) are folded into it:
 - ``mean=True``: ``y_i = x_i + sum_j (a_j / W) (x_j - x_i)``, ``W = a_i + sum_j a_j``, and
   ``y_i = x_i`` (bit for bit) when ``W == 0``.
 
-ONE launch per call, grid ``(B*T, P)``: program ``(f, p)`` merges the blocks p, p + P,
-p + 2P, ... of ROWS kept rows of frame f (16 warps); P = ``cdiv(2 * R / (B*T), ROWS)``
-(at most ``cdiv(N, ROWS)``) covers twice the average rows per frame. Each program
+Two launches per call (one when ``num_neighbors == 0``), no host sync:
 
-1. finds its frame's rows ``[row_begin, row_end)`` of ``indices`` on the device: the lower
-   bounds of ``f*N`` and ``(f+1)*N`` in the sorted ``indices``, by a SEARCH-ary search
-   (one step of SEARCH probes while R <= SEARCH, two up to SEARCH^2 rows, ...): no host
-   sync, no extra launch; programs with no block of rows stop here; for each block:
-2. computes the dot products of its ROWS keys with the frame's N keys as a float64
-   ``tl.dot`` ([ROWS, BLOCK_K] x [BLOCK_K, BLOCK_N] per chunk of Dk; DMMA ``mma.sync
-   m8n8k4.f64`` on sm_80+), and the frame's squared key norms in the same pass, then
-   ``cos = dot / (max(|k_i|, 1e-12) * max(|k_j|, 1e-12))``;
-3. selects the M neighbours of each row without sorting: every cosine becomes an unsigned
-   64-bit key that orders like ``rank_ref`` (NaN just above the excluded self and padding
-   lanes), a 64-step MSB-first bisection finds each row's M-th largest key v* (step b
-   keeps bit b if at least M keys are >= the candidate: one compare-and-count over [ROWS,
-   BLOCK_N]; the interpreter decides RADIX_BITS bits per step), and the neighbours are the
-   keys > v* plus the lowest-index keys == v* up to M (an exclusive ``tl.cumsum`` of the
-   ties). 64 passes over a row instead of the N^2 comparisons of a rank matrix;
-4. lists the neighbours in raster order ([ROWS, BLOCK_M]; the m-th one sits at the number
-   of lanes whose inclusive neighbour count is <= m), loads their weights a_j, and
-   accumulates the merged rows over chunks of D from [ROWS, BLOCK_M, BLOCK_D] gathered
-   neighbour tiles. Only neighbours are read (unlike ``W @ X_frame`` with zero weights,
-   where 0 * NaN would let a non-finite token poison every row of its frame), and a
-   frame's rows stay in L1/L2 across the gathers.
+A. ``_merge_select_kernel``, grid ``(B*T, P)``: program ``(f, p)`` takes the blocks p, p + P,
+   p + 2P, ... of ROWS kept rows of frame f (16 warps); P = ``cdiv(N, ROWS)`` (on a GPU:
+   one block per program). Each program
+
+   1. finds its frame's rows ``[row_begin, row_end)`` of ``indices`` on the device: the
+      lower bounds of ``f*N`` and ``(f+1)*N`` in the sorted ``indices``, by a SEARCH-ary
+      search (one step of SEARCH probes while R <= SEARCH, two up to SEARCH^2 rows, ...);
+      programs with no block of rows stop here; for each block:
+   2. computes the dot products of its ROWS keys with the frame's N keys as a float64
+      ``tl.dot`` ([ROWS, BLOCK_K] x [BLOCK_K, BLOCK_N] per chunk of Dk; DMMA ``mma.sync
+      m8n8k4.f64`` on sm_80+), and the frame's squared key norms in the same pass, then
+      ``cos = dot / (max(|k_i|, 1e-12) * max(|k_j|, 1e-12))``;
+   3. selects the M neighbours of each row without sorting: every cosine becomes an
+      unsigned 64-bit key that orders like ``rank_ref`` (NaN just above the excluded self
+      and padding lanes), a 64-step MSB-first bisection finds each row's M-th largest key
+      v* (the interpreter decides RADIX_BITS bits per step), and the neighbours are the
+      keys > v* plus the lowest-index keys == v* up to M (an exclusive ``tl.cumsum`` of
+      the ties);
+   4. lists the neighbours in raster order and writes, per kept row, the M neighbour
+      tokens (int32), their coefficients (a_j, or a_j / W) and whether the row merges at
+      all (W != 0) to a workspace of R x M pairs (12-16 bytes each: ~0.5 MB at the
+      headline, against the 36 MB of kept rows).
+
+B. ``_merge_rows_kernel``, grid ``(cdiv(R, 8), cdiv(D, BLOCK_D))``: a warp takes two kept
+   rows and BLOCK_D columns (16 bytes per lane), the M neighbour rows read one after the
+   other (the next one's loads issued before this one's math) and accumulated in
+   registers. No CTA-wide step: no barrier, no shuffle, every SM busy (4396 CTAs at the
+   headline).
+   Only neighbours are read (unlike ``W @ X_frame`` with zero weights, where 0 * NaN would
+   let a non-finite token poison every row of its frame).
 
 Numerics. Cosines and the neighbour selection are float64, as in the reference, but the
 order of operations differs (``tl.dot`` of the raw keys, then one division, where the
@@ -51,17 +58,23 @@ rounded once to the tokens' dtype (the reference: float64, rounded once); with
 
 Preconditions (what ``prune`` produces; not checked here because checking needs a host
 sync): ``indices`` lie in ``[0, B*T*N)`` and come frame by frame (raster order inside a
-frame is not needed). Rows whose index breaks them are left unwritten; nothing is read
-out of bounds.
+frame is not needed). Rows whose index lies outside ``[0, B*T*N)`` are left unwritten;
+rows of a frame that is not contiguous in ``indices`` get unspecified values; nothing is
+read out of bounds (neighbour tokens are checked against ``[0, N)``).
 
-Cost, estimated (not measured): at LLaVA-Video size (2 videos x 64 frames x 196 tokens,
-D = Dk = 3584 bf16, beta = 0.3, M = 32) the float64 MMA dominates: ~500 blocks of 16 rows
-x 256 lanes x 3584 = 15 GFLOP, ~0.2 ms at H100's 67 TFLOPS float64 tensor peak; each
-block reads its frame's keys (1.4 MB) from L2 once, and the neighbour gathers (16 x 32
-rows of 8 columns per step) hit the frame's rows in L1.
+Cost, modelled (not measured), at the headline (B=1, T=64, N=196, D=Dk=3584 bf16,
+beta=0.2: R=2509 rows, M=32) on an H100 SXM. A: ~200 blocks of 16 x 256 (N padded) x
+3584 float64 MACs (6.4 GFLOP; the unpadded R x N x Dk is 3.5) on the DMMA units, ~58 us
+per block at an SM's share of the 67 TFLOPS peak, plus ~20 us of selection (64
+bisection steps and M list steps, each a cross-warp count); one CTA per SM, two waves:
+~0.16 ms. Each block reads its frame's keys (1.4 MB) once from L2 (0.3 GB in all).
+B: R x M x D x 2 = 575 MB of neighbour rows, but a CTA's 8 rows touch at most
+min(8 M, N) = 196 distinct rows of their frame per column tile, so ~0.23 GB come from
+L2 (~42 us at ~5.5 TB/s) and the rest hits L1. Total ~0.2 ms, bounded by A's float64
+cosines; the selection is still CTA-wide (its counts reduce across the 16 warps).
 
 Inputs are loaded only in the kernel body (helpers get values), so torch.compile's
-mutation analysis of user kernels sees ``out`` as the only tensor written (see
+mutation analysis of user kernels sees only the outputs and workspaces as written (see
 :mod:`kvtp_kernels.kernels.prune_triton`). Offsets are int64.
 """
 
@@ -71,31 +84,36 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import reference
+from .. import _opchecks, reference
 
 _NORM_EPS = tl.constexpr(reference.NORM_EPS)
 
-# Register tiles on a GPU, in elements per thread (x 32 x num_warps = elements per tile).
-# 16 warps, one CTA per SM: the [ROWS, BLOCK_N] float64 tiles of steps 2-3 (dot accumulator,
-# cosines, keys) are fixed by N (16 x 256 / 512 threads = 8 per thread at N <= 256) and,
-# with the budgets below, every variant fits the 128 registers a 512-thread CTA may use
-# without spilling (ptxas -v, sm_90a, triton 3.8: 116-128 registers for N = 19..196,
-# M = 5..195; tests/test_merge_triton.py compiles them and checks for spills).
+# Register tiles of the select kernel on a GPU, in elements per thread (x 32 x num_warps =
+# elements per tile). 16 warps, one CTA per SM: the [ROWS, BLOCK_N] float64 tiles of steps
+# 2-3 (dot accumulator, cosines, keys) are fixed by N (16 x 256 / 512 threads = 8 per
+# thread at N <= 256); tests/test_merge_triton.py compiles every variant for sm_90 and
+# checks that none spills.
 _GPU_F64_PER_THREAD = 8  # key chunk [BLOCK_K, BLOCK_N]: 16 x 256 at N = 196
-_GPU_GATHER_PER_THREAD = 8  # neighbour tile [ROWS, BLOCK_M, BLOCK_D] (float32; half for float64): 16 x 32 x 8
-_GPU_COPY_PER_THREAD = 16  # kept-row copy [ROWS, BLOCK_D] when num_neighbors == 0
 # Optional 3-D compare tiles: [ROWS, 2^RADIX_BITS, BLOCK_N] (several key bits per bisection
 # step) and [ROWS, BLOCK_M, BLOCK_N] (all neighbour lanes at once). Above this budget the
 # kernel takes one bit / one neighbour per step on [ROWS, BLOCK_N] tiles: on a GPU, always
 # once N > 16; the interpreter, where each step costs ~1 ms, takes the wide ones.
 _GPU_COMPARE_PER_THREAD = 4
-# Kept rows per program. Each program reads all N keys of its frame once and does
+# Kept rows per select program. Each program reads all N keys of its frame once and does
 # ROWS x N x Dk float64 MMA work on them: at ROWS = 16 that is ~20 flop per byte of bf16
 # keys, about the ratio of H100's float64 tensor rate to its L2 bandwidth.
 _GPU_ROWS = 16
 _GPU_SEARCH = 256  # probes per step of the row-range search: 2 steps up to 65536 kept rows
 _MIN_DOT = 16  # smallest K of a float64 tl.dot on every Triton 3.x (3.8 allows 4)
-_NUM_WARPS = 16
+_NUM_WARPS_SELECT = 16
+# The rows kernel: 4 warps, 8 kept rows (2 per warp); a lane loads 16 bytes of a row per
+# neighbour (BLOCK_D = 32 x 16 bytes / _GPU_ROWS_LANE_DIVISOR). 8 consecutive rows mostly
+# share a frame, so their neighbours' rows are read from L2 once per CTA and then hit L1.
+# 16 rows per CTA would need ~160 registers (3 CTAs per SM), 4 leaves L1 reuse unused.
+# Tests set the divisor higher to take several column tiles at small D.
+_NUM_WARPS_ROWS = 4
+_GPU_ROWS_PER_CTA = 8
+_GPU_ROWS_LANE_DIVISOR = 1
 # Under TRITON_INTERPRET=1 every Triton op costs ~0.1-1 ms of Python whatever its size, so
 # the interpreter runs the same kernel with much bigger tiles (all rows of a frame in one
 # program; tests/test_merge_triton.py also runs the GPU sizes). Read once, like Triton.
@@ -118,19 +136,21 @@ def _widen(x, F64: tl.constexpr):
 
 
 @triton.jit
-def _merge_neighbors_kernel(
-    tokens_ptr, stride_tb, stride_tt, stride_tn, stride_td,
+def _merge_select_kernel(
     keys_ptr, stride_kb, stride_kt, stride_kn, stride_kd,
     weights_ptr, stride_wb, stride_wt, stride_wn,
     indices_ptr, stride_i,
-    out_ptr,
-    T, N, D, Dk, R, num_neighbors,
-    MEAN: tl.constexpr, HAS_NEIGHBORS: tl.constexpr, ACC_F64: tl.constexpr,
+    neighbors_ptr, coefs_ptr, merging_ptr,
+    T, N, Dk, R, num_neighbors,
+    MEAN: tl.constexpr, COEF_F64: tl.constexpr,
     SEARCH: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, RADIX_BITS: tl.constexpr, LIST_3D: tl.constexpr,
+    BLOCK_M: tl.constexpr, RADIX_BITS: tl.constexpr, LIST_3D: tl.constexpr,
 ):
-    """Grid (B*T, P): the merged rows ``out[row_begin + (blk + i*P)*ROWS + r]`` of frame f.
+    """Grid (B*T, P): neighbour lists of the kept rows ``row_begin + (blk + i*P)*ROWS + r`` of frame f.
 
+    Writes, for every kept row r of the frame, ``neighbors[r, m]`` (int32 token of its m-th
+    neighbour, raster order), ``coefs[r, m]`` (a_j, or a_j / W for MEAN) and
+    ``merging[r]`` (int32: 0 when MEAN and W == 0, the row is then x_i itself).
     Every load of an input sits in this body (see the module docstring); ``_widen`` gets
     values only.
     """
@@ -165,138 +185,185 @@ def _merge_neighbors_kernel(
         flat = tl.load(indices_ptr + offs_r * stride_i, mask=row_ok, other=0)
         row_ok &= (flat >= frame * N) & (flat < frame * N + N)  # only if `indices` is not sorted by frame
         tok = tl.where(row_ok, flat - frame * N, 0)  # token of each row inside the frame
-        frame_tokens = tokens_ptr + b * stride_tb + t * stride_tt
-        xi_rows = frame_tokens + tok[:, None] * stride_tn
-        out_rows = out_ptr + offs_r[:, None] * D
-        # typed like the tokens: `other` is converted after broadcasting to the tile
-        zero = tl.full([], 0.0, tokens_ptr.dtype.element_ty)
-
-        if HAS_NEIGHBORS:
-            # ---- 2. cosines [ROWS, BLOCK_N] in float64 ----
-            offs_n = tl.arange(0, BLOCK_N)
-            valid_n = offs_n < N
-            frame_keys = keys_ptr + b * stride_kb + t * stride_kt
-            key_zero = tl.full([], 0.0, keys_ptr.dtype.element_ty)
-            dots = tl.full([ROWS, BLOCK_N], 0.0, tl.float64)
-            sq_norm = tl.full([BLOCK_N], 0.0, tl.float64)
-            row_keys = frame_keys + tok[:, None] * stride_kn  # [ROWS, 1]
-            col_keys = frame_keys + offs_n.to(tl.int64)[None, :] * stride_kn  # [1, BLOCK_N]
-            offs_k = tl.arange(0, BLOCK_K)
+        # ---- 2. cosines [ROWS, BLOCK_N] in float64 ----
+        offs_n = tl.arange(0, BLOCK_N)
+        valid_n = offs_n < N
+        frame_keys = keys_ptr + b * stride_kb + t * stride_kt
+        key_zero = tl.full([], 0.0, keys_ptr.dtype.element_ty)
+        dots = tl.full([ROWS, BLOCK_N], 0.0, tl.float64)
+        sq_norm = tl.full([BLOCK_N], 0.0, tl.float64)
+        row_keys = frame_keys + tok[:, None] * stride_kn  # [ROWS, 1]
+        col_keys = frame_keys + offs_n.to(tl.int64)[None, :] * stride_kn  # [1, BLOCK_N]
+        offs_k = tl.arange(0, BLOCK_K)
+        k_rows_next = tl.load(row_keys + offs_k.to(tl.int64)[None, :] * stride_kd,
+                              mask=row_ok[:, None] & (offs_k < Dk)[None, :], other=key_zero)
+        k_frame_next = tl.load(col_keys + offs_k.to(tl.int64)[:, None] * stride_kd,
+                               mask=(offs_k < Dk)[:, None] & valid_n[None, :], other=key_zero)
+        for k0 in range(0, Dk, BLOCK_K):
+            # The chunk is loaded one iteration ahead and carried by the loop. Besides
+            # overlapping the loads with the float64 MMA, this is needed: Triton's MMA layout
+            # pass follows a dot operand back through elementwise ops to its load and sizes
+            # the operand's kWidth by the loaded (16-bit) type, which sm_90 codegen rejects
+            # for a float64 dot ("fp64 don't support largeK MMA", triton 3.8); it stops at
+            # loop-carried values.
+            k_rows = _widen(k_rows_next, True)  # [ROWS, BLOCK_K]
+            k_frame = _widen(k_frame_next, True)  # [BLOCK_K, BLOCK_N]
+            offs_k = k0 + BLOCK_K + tl.arange(0, BLOCK_K)
+            valid_k = offs_k < Dk
             k_rows_next = tl.load(row_keys + offs_k.to(tl.int64)[None, :] * stride_kd,
-                                  mask=row_ok[:, None] & (offs_k < Dk)[None, :], other=key_zero)
+                                  mask=row_ok[:, None] & valid_k[None, :], other=key_zero)
             k_frame_next = tl.load(col_keys + offs_k.to(tl.int64)[:, None] * stride_kd,
-                                   mask=(offs_k < Dk)[:, None] & valid_n[None, :], other=key_zero)
-            for k0 in range(0, Dk, BLOCK_K):
-                # The chunk is loaded one iteration ahead and carried by the loop. Besides
-                # overlapping the loads with the float64 MMA, this is needed: Triton's MMA layout
-                # pass follows a dot operand back through elementwise ops to its load and sizes
-                # the operand's kWidth by the loaded (16-bit) type, which sm_90 codegen rejects
-                # for a float64 dot ("fp64 don't support largeK MMA", triton 3.8); it stops at
-                # loop-carried values.
-                k_rows = _widen(k_rows_next, True)  # [ROWS, BLOCK_K]
-                k_frame = _widen(k_frame_next, True)  # [BLOCK_K, BLOCK_N]
-                offs_k = k0 + BLOCK_K + tl.arange(0, BLOCK_K)
-                valid_k = offs_k < Dk
-                k_rows_next = tl.load(row_keys + offs_k.to(tl.int64)[None, :] * stride_kd,
-                                      mask=row_ok[:, None] & valid_k[None, :], other=key_zero)
-                k_frame_next = tl.load(col_keys + offs_k.to(tl.int64)[:, None] * stride_kd,
-                                       mask=valid_k[:, None] & valid_n[None, :], other=key_zero)
-                dots = tl.dot(k_rows, k_frame, dots)
-                sq_norm += tl.sum(k_frame * k_frame, axis=0)
-            eps = tl.full([], _NORM_EPS, tl.float64)
-            norm = tl.maximum(tl.sqrt(sq_norm), eps, propagate_nan=tl.PropagateNan.ALL)
-            is_self = offs_n[None, :] == tok[:, None]
-            norm_i = tl.sum(tl.where(is_self, norm[None, :], 0.0), axis=1)  # the same value as column i
-            cos = dots / (norm_i[:, None] * norm[None, :])
+                                   mask=valid_k[:, None] & valid_n[None, :], other=key_zero)
+            dots = tl.dot(k_rows, k_frame, dots, out_dtype=tl.float64)  # triton < 3.7 defaults to fp32
+            sq_norm += tl.sum(k_frame * k_frame, axis=0)
+        eps = tl.full([], _NORM_EPS, tl.float64)
+        norm = tl.maximum(tl.sqrt(sq_norm), eps, propagate_nan=tl.PropagateNan.ALL)
+        is_self = offs_n[None, :] == tok[:, None]
+        norm_i = tl.sum(tl.where(is_self, norm[None, :], 0.0), axis=1)  # the same value as column i
+        cos = dots / (norm_i[:, None] * norm[None, :])
 
-            # ---- 3. the M best other tokens of each row ----
-            # Unsigned keys in the order of rank_ref: a float's bits with the sign bit set
-            # (>= 0) or all bits flipped (< 0) compare like the float; NaN -> 1, below -inf;
-            # self and padding -> 0, below everything. (-0.0 would sort below +0.0, but no
-            # cosine is -0.0: the dot accumulates onto +0.0, and +0.0 + -0.0 = +0.0.)
-            bits = cos.to(tl.uint64, bitcast=True)
-            sign = tl.full([], 1 << 63, tl.uint64)
-            all_bits = tl.full([], (1 << 64) - 1, tl.uint64)
-            key = tl.where((bits & sign) != 0, bits ^ all_bits, bits | sign)
-            key = tl.where(cos != cos, tl.full([], 1, tl.uint64), key)
-            key = tl.where(valid_n[None, :] & ~is_self, key, tl.full([], 0, tl.uint64))
-            # v* = the largest v with #{key >= v} >= M, i.e. the M-th largest key, bit by bit
-            # (M <= N - 1 other tokens have keys >= 1, so v* >= 1: self and padding never pass)
-            # (RADIX_BITS bits per step; 1 on a GPU: [ROWS, BLOCK_N] tiles, 64 steps)
-            thresh = tl.full([ROWS], 0, tl.uint64)
-            for step in range(64 // RADIX_BITS):
-                shift = tl.cast(64 - RADIX_BITS * (step + 1), tl.uint64)
-                if RADIX_BITS == 1:
-                    cand = thresh | (tl.full([], 1, tl.uint64) << shift)
-                    count = tl.sum((key >= cand[:, None]).to(tl.int32), axis=1)
-                    thresh = tl.where(count >= num_neighbors, cand, thresh)
-                else:
-                    # all 2^RADIX_BITS digits at once; digit 0 (thresh itself) always passes
-                    digits = tl.arange(0, 1 << RADIX_BITS).to(tl.uint64)
-                    cand = thresh[:, None] | (digits[None, :] << shift)  # [ROWS, RADIX]
-                    count = tl.sum((key[:, None, :] >= cand[:, :, None]).to(tl.int32), axis=2)
-                    digit = tl.sum((count >= num_neighbors).to(tl.int32), axis=1) - 1
-                    thresh = thresh | (digit.to(tl.uint64) << shift)
-            above = key > thresh[:, None]
-            tie = key == thresh[:, None]
-            n_above = tl.sum(above.to(tl.int32), axis=1)
-            tie_i = tie.to(tl.int32)
-            tie_before = tl.cumsum(tie_i, axis=1) - tie_i
-            neighbor = above | (tie & (tie_before < (num_neighbors - n_above)[:, None]))
+        # ---- 3. the M best other tokens of each row ----
+        # Unsigned keys in the order of rank_ref: a float's bits with the sign bit set
+        # (>= 0) or all bits flipped (< 0) compare like the float; NaN -> 1, below -inf;
+        # self and padding -> 0, below everything. (-0.0 would sort below +0.0, but no
+        # cosine is -0.0: the dot accumulates onto +0.0, and +0.0 + -0.0 = +0.0.)
+        bits = cos.to(tl.uint64, bitcast=True)
+        sign = tl.full([], 1 << 63, tl.uint64)
+        all_bits = tl.full([], (1 << 64) - 1, tl.uint64)
+        key = tl.where((bits & sign) != 0, bits ^ all_bits, bits | sign)
+        key = tl.where(cos != cos, tl.full([], 1, tl.uint64), key)
+        key = tl.where(valid_n[None, :] & ~is_self, key, tl.full([], 0, tl.uint64))
+        # v* = the largest v with #{key >= v} >= M, i.e. the M-th largest key, bit by bit
+        # (M <= N - 1 other tokens have keys >= 1, so v* >= 1: self and padding never pass)
+        # (RADIX_BITS bits per step; 1 on a GPU: [ROWS, BLOCK_N] tiles, 64 steps)
+        thresh = tl.full([ROWS], 0, tl.uint64)
+        for step in range(64 // RADIX_BITS):
+            shift = tl.cast(64 - RADIX_BITS * (step + 1), tl.uint64)
+            if RADIX_BITS == 1:
+                cand = thresh | (tl.full([], 1, tl.uint64) << shift)
+                count = tl.sum((key >= cand[:, None]).to(tl.int32), axis=1)
+                thresh = tl.where(count >= num_neighbors, cand, thresh)
+            else:
+                # all 2^RADIX_BITS digits at once; digit 0 (thresh itself) always passes
+                digits = tl.arange(0, 1 << RADIX_BITS).to(tl.uint64)
+                cand = thresh[:, None] | (digits[None, :] << shift)  # [ROWS, RADIX]
+                count = tl.sum((key[:, None, :] >= cand[:, :, None]).to(tl.int32), axis=2)
+                digit = tl.sum((count >= num_neighbors).to(tl.int32), axis=1) - 1
+                thresh = thresh | (digit.to(tl.uint64) << shift)
+        above = key > thresh[:, None]
+        tie = key == thresh[:, None]
+        n_above = tl.sum(above.to(tl.int32), axis=1)
+        tie_i = tie.to(tl.int32)
+        tie_before = tl.cumsum(tie_i, axis=1) - tie_i
+        neighbor = above | (tie & (tie_before < (num_neighbors - n_above)[:, None]))
 
-            # ---- 4. neighbour lists, weights, merged rows ----
-            seen = tl.cumsum(neighbor.to(tl.int32), axis=1)  # neighbours at lanes <= n
-            offs_m = tl.arange(0, BLOCK_M)
-            m_ok = offs_m < num_neighbors
-            # nbr[r, m] = lane of row r's (m+1)-th neighbour = #{lanes n : seen[r, n] <= m}
-            if LIST_3D:
-                nbr = tl.sum((seen[:, None, :] <= offs_m[None, :, None]).to(tl.int32), axis=2)
-            else:
-                nbr = tl.full([ROWS, BLOCK_M], 0, tl.int32)
-                for m in range(num_neighbors):
-                    lane = tl.sum((seen <= m).to(tl.int32), axis=1)
-                    nbr = tl.where(offs_m[None, :] == m, lane[:, None], nbr)
-            pair_ok = row_ok[:, None] & m_ok[None, :]
-            frame_weights = weights_ptr + b * stride_wb + t * stride_wt
-            w_zero = tl.full([], 0.0, weights_ptr.dtype.element_ty)
-            a_j = _widen(tl.load(frame_weights + nbr.to(tl.int64) * stride_wn, mask=pair_ok, other=w_zero), True)
-            if MEAN:
-                a_i = _widen(tl.load(frame_weights + tok * stride_wn, mask=row_ok, other=w_zero), True)
-                total = a_i + tl.sum(a_j, axis=1)
-                nonzero = total != 0.0
-                coef = tl.where(nonzero[:, None], a_j / tl.where(nonzero, total, 1.0)[:, None], 0.0)
-            else:
-                coef = a_j
-            if ACC_F64:
-                coef = coef[:, :, None]
-            else:
-                coef = coef.to(tl.float32)[:, :, None]
-            nbr_rows = frame_tokens + nbr.to(tl.int64)[:, :, None] * stride_tn  # [ROWS, BLOCK_M, 1]
-            gather_ok = pair_ok[:, :, None]
-            for d0 in range(0, D, BLOCK_D):
-                offs_d = d0 + tl.arange(0, BLOCK_D)
-                valid_d = offs_d < D
-                col_d = offs_d.to(tl.int64) * stride_td
-                x_i = tl.load(xi_rows + col_d[None, :], mask=row_ok[:, None] & valid_d[None, :], other=zero)
-                x_j = tl.load(nbr_rows + col_d[None, None, :], mask=gather_ok & valid_d[None, None, :], other=zero)
-                xi = _widen(x_i, ACC_F64)
-                xj = _widen(x_j, ACC_F64)
-                if MEAN:
-                    # per neighbour, like the reference; lanes past M must not form 0 * (0 - inf)
-                    term = tl.where(gather_ok, coef * (xj - xi[:, None, :]), 0.0)
-                else:
-                    term = coef * xj  # lanes past M: 0 * 0
-                y = (xi + tl.sum(term, axis=1)).to(out_ptr.dtype.element_ty)
-                if MEAN:
-                    y = tl.where(nonzero[:, None], y, x_i)  # W == 0: x_i itself
-                tl.store(out_rows + offs_d[None, :], y, mask=row_ok[:, None] & valid_d[None, :])
+        # ---- 4. neighbour lists, weights, merged rows ----
+        seen = tl.cumsum(neighbor.to(tl.int32), axis=1)  # neighbours at lanes <= n
+        offs_m = tl.arange(0, BLOCK_M)
+        m_ok = offs_m < num_neighbors
+        # nbr[r, m] = lane of row r's (m+1)-th neighbour = #{lanes n : seen[r, n] <= m}
+        if LIST_3D:
+            nbr = tl.sum((seen[:, None, :] <= offs_m[None, :, None]).to(tl.int32), axis=2)
         else:
-            # no neighbours: y_i = x_i, copied without conversion (bit for bit)
-            for d0 in range(0, D, BLOCK_D):
-                offs_d = d0 + tl.arange(0, BLOCK_D)
-                mask = row_ok[:, None] & (offs_d < D)[None, :]
-                x_i = tl.load(xi_rows + offs_d.to(tl.int64)[None, :] * stride_td, mask=mask)
-                tl.store(out_rows + offs_d[None, :], x_i, mask=mask)
+            nbr = tl.full([ROWS, BLOCK_M], 0, tl.int32)
+            for m in range(num_neighbors):
+                lane = tl.sum((seen <= m).to(tl.int32), axis=1)
+                nbr = tl.where(offs_m[None, :] == m, lane[:, None], nbr)
+        pair_ok = row_ok[:, None] & m_ok[None, :]
+        frame_weights = weights_ptr + b * stride_wb + t * stride_wt
+        w_zero = tl.full([], 0.0, weights_ptr.dtype.element_ty)
+        a_j = _widen(tl.load(frame_weights + nbr.to(tl.int64) * stride_wn, mask=pair_ok, other=w_zero), True)
+        if MEAN:
+            a_i = _widen(tl.load(frame_weights + tok * stride_wn, mask=row_ok, other=w_zero), True)
+            total = a_i + tl.sum(a_j, axis=1)
+            nonzero = total != 0.0
+            coef = tl.where(nonzero[:, None], a_j / tl.where(nonzero, total, 1.0)[:, None], 0.0)
+        else:
+            nonzero = row_ok
+            coef = a_j
+        if not COEF_F64:
+            coef = coef.to(tl.float32)
+        lists = offs_r[:, None] * num_neighbors + offs_m[None, :]
+        tl.store(neighbors_ptr + lists, nbr, mask=pair_ok)
+        tl.store(coefs_ptr + lists, coef, mask=pair_ok)
+        tl.store(merging_ptr + offs_r, nonzero.to(tl.int32), mask=row_ok)
+
+
+@triton.jit
+def _merge_rows_kernel(
+    tokens_ptr, stride_tb, stride_tt, stride_tn, stride_td,
+    indices_ptr, stride_i,
+    neighbors_ptr, coefs_ptr, merging_ptr,
+    out_ptr,
+    T, N, D, R, num_rows, num_neighbors,
+    MEAN: tl.constexpr, HAS_NEIGHBORS: tl.constexpr, ACC_F64: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Grid (cdiv(R, ROWS), cdiv(D, BLOCK_D)): ``out[r, d-chunk]`` for ROWS kept rows.
+
+    On a GPU a [ROWS, BLOCK_D] tile puts a row's BLOCK_D columns across the 32 lanes of
+    one warp, 16 bytes per lane (ROWS = 2 x num_warps: two rows per warp): the rows' M
+    neighbours are read one after the other (the next one's loads issued before this
+    one's math, its token two steps ahead) and accumulated in registers, float32 for
+    float16/bfloat16 tokens and float64 for float32/float64 ones; then rounded once to the
+    tokens' dtype.
+
+    - ``mean=False``: ``y = x_i + sum_m coefs[r, m] x_j``;
+    - ``mean=True``:  ``y = x_i + sum_m coefs[r, m] (x_j - x_i)``, or ``x_i`` itself (bit for
+      bit) where ``merging[r] == 0``; without neighbours every row is ``x_i``, copied.
+
+    Only neighbours are read (unlike ``W @ X_frame`` with zero weights, where 0 * NaN would
+    let a non-finite token poison every row of its frame). Rows whose index lies outside
+    ``[0, B*T*N)`` are not written, neighbour tokens outside ``[0, N)`` are not read.
+    """
+    offs_r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    offs_d = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
+    valid_d = offs_d < D
+    row_ok = offs_r < R
+    flat = tl.load(indices_ptr + offs_r * stride_i, mask=row_ok, other=0)
+    row_ok &= (flat >= 0) & (flat < num_rows)
+    flat = tl.where(row_ok, flat, 0)
+    frame = flat // N
+    b = frame // T
+    frame_tokens = tokens_ptr + b * stride_tb + (frame - b * T) * stride_tt  # [ROWS]
+    cols = offs_d[None, :] * stride_td
+    tile_ok = row_ok[:, None] & valid_d[None, :]
+    x_i = tl.load(frame_tokens[:, None] + (flat - frame * N)[:, None] * stride_tn + cols, mask=tile_ok)
+    out_tile = out_ptr + offs_r[:, None] * D + offs_d[None, :]
+    if HAS_NEIGHBORS:
+        xi = _widen(x_i, ACC_F64)
+        acc = tl.zeros([ROWS, BLOCK_D], tl.float64 if ACC_F64 else tl.float32)
+        # Neighbour m's row is loaded one step ahead of its math and its token two steps
+        # ahead, so that the dependent loads (token, then row) never stall a step.
+        lists = neighbors_ptr + offs_r * num_neighbors
+        j = tl.load(lists, mask=row_ok, other=0)
+        ok_next = row_ok & (j >= 0) & (j < N)
+        coef_next = tl.load(coefs_ptr + offs_r * num_neighbors, mask=ok_next, other=0.0)
+        x_next = tl.load(frame_tokens[:, None] + tl.where(ok_next, j, 0).to(tl.int64)[:, None] * stride_tn + cols,
+                         mask=ok_next[:, None] & valid_d[None, :], other=0.0)
+        j_ahead = tl.load(lists + 1, mask=row_ok & (num_neighbors > 1), other=-1)
+        for m in range(num_neighbors):
+            coef = coef_next
+            x_j = _widen(x_next, ACC_F64)
+            ok = ok_next
+            ok_next = row_ok & (j_ahead >= 0) & (j_ahead < N)  # j_ahead = -1 past the last neighbour
+            coef_next = tl.load(coefs_ptr + offs_r * num_neighbors + m + 1, mask=ok_next, other=0.0)
+            x_next = tl.load(frame_tokens[:, None] + tl.where(ok_next, j_ahead, 0).to(tl.int64)[:, None] * stride_tn
+                             + cols, mask=ok_next[:, None] & valid_d[None, :], other=0.0)
+            j_ahead = tl.load(lists + m + 2, mask=row_ok & (m + 2 < num_neighbors), other=-1)
+            c = coef.to(acc.dtype)[:, None]
+            if MEAN:
+                # per neighbour, like the reference; skipped lanes must not form 0 * (0 - inf)
+                acc += tl.where(ok[:, None], c * (x_j - xi), 0.0)
+            else:
+                acc += tl.where(ok[:, None], c * x_j, 0.0)
+        y = (xi + acc).to(out_ptr.dtype.element_ty)
+        if MEAN:
+            merging = tl.load(merging_ptr + offs_r, mask=row_ok, other=0) != 0
+            y = tl.where(merging[:, None], y, x_i)  # W == 0: x_i itself
+        tl.store(out_tile, y, mask=tile_ok)
+    else:
+        tl.store(out_tile, x_i, mask=tile_ok)  # no neighbours: y_i = x_i, bit for bit
 
 
 # ----------------------------------------------------------------------------------
@@ -311,37 +378,43 @@ def _fit(budget: int, block: int, size: int, lo: int = 1) -> int:
     return max(lo, min(_pow2(size, lo=1), triton.next_power_of_2(max(budget // block, 1) + 1) // 2))
 
 
-def _blocks(R: int, N: int, D: int, Dk: int, num_neighbors: int, acc_f64: bool) -> dict:
-    """Tile sizes (see ``_GPU_*``); the interpreter gets big ones."""
+def _select_blocks(R: int, N: int, Dk: int, num_neighbors: int) -> dict:
+    """Tile sizes of ``_merge_select_kernel`` (see ``_GPU_*``); the interpreter gets big ones."""
     block_n = _pow2(N)
     if _INTERPRETING:
-        f64 = gather = copy = search = _INTERPRETER_TILE
+        f64 = search = _INTERPRETER_TILE
         compare = 2 * _INTERPRETER_TILE  # 8 key bits per step at N <= 32
         rows = block_n  # every kept row of a frame in one program
     else:
-        threads = 32 * _NUM_WARPS
+        threads = 32 * _NUM_WARPS_SELECT
         f64 = _GPU_F64_PER_THREAD * threads
-        gather = _GPU_GATHER_PER_THREAD * threads // (2 if acc_f64 else 1)
-        copy = _GPU_COPY_PER_THREAD * threads
         compare = _GPU_COMPARE_PER_THREAD * threads
         search = _GPU_SEARCH
         rows = _GPU_ROWS
     block_m = _pow2(num_neighbors, lo=1)
-    radix_bits = max([1] + [bits for bits in (2, 4, 8) if rows * (1 << bits) * block_n <= compare])
-    if num_neighbors > 0:
-        block_d = _fit(gather, rows * block_m, D)
-    else:
-        block_d = _fit(copy, rows, D)
     return dict(
         SEARCH=min(search, _pow2(R)),
         ROWS=rows,
         BLOCK_N=block_n,
         BLOCK_K=_fit(f64, block_n, Dk, lo=_MIN_DOT),
         BLOCK_M=block_m,
-        BLOCK_D=block_d,
-        RADIX_BITS=radix_bits,
+        RADIX_BITS=max([1] + [bits for bits in (2, 4, 8) if rows * (1 << bits) * block_n <= compare]),
         LIST_3D=rows * block_m * block_n <= compare,
     )
+
+
+def _rows_blocks(R: int, D: int, element_size: int) -> dict:
+    """[ROWS, BLOCK_D] tiles of ``_merge_rows_kernel``: two rows per warp, 16 bytes per lane.
+
+    BLOCK_D: 32 lanes x 16 bytes, halved while that pads D less (D = 3584 bf16: 256).
+    """
+    if _INTERPRETING:
+        block_d = _pow2(D, lo=1)
+        return dict(ROWS=_fit(_INTERPRETER_TILE, block_d, R), BLOCK_D=block_d)
+    widest = max(1, 32 * 16 // element_size // _GPU_ROWS_LANE_DIVISOR)
+    widths = [widest >> k for k in range(4) if widest >> k >= 1]
+    block_d = min(widths, key=lambda w: (triton.cdiv(D, w) * w, -w))
+    return dict(ROWS=_GPU_ROWS_PER_CTA, BLOCK_D=min(block_d, _pow2(D, lo=1)))
 
 
 def _check(name: str, ok: bool, expected: str, tensor: torch.Tensor) -> None:
@@ -359,7 +432,7 @@ def merge_neighbors_triton(
     num_neighbors: int,
     mean: bool,
 ) -> torch.Tensor:
-    """PruMerge's merge of the kept rows, one launch (METHOD.md section 3).
+    """PruMerge's merge of the kept rows, two launches (one without neighbours), no host sync (METHOD.md section 3).
 
     Args:
         tokens: [B, T, N, D] float32/float16/bfloat16 (or float64), any strides.
@@ -372,6 +445,7 @@ def merge_neighbors_triton(
     Returns:
         [R, D] in the dtype of ``tokens``.
     """
+    _opchecks.check_merge_neighbors(**locals())
     _check("tokens", tokens.dim() == 4 and tokens.is_floating_point(), "a float tensor [B, T, N, D]", tokens)
     B, T, N, D = tokens.shape
     device = tokens.device
@@ -391,20 +465,37 @@ def merge_neighbors_triton(
     if R == 0 or D == 0:
         return out
     acc_f64 = tokens.dtype in (torch.float32, torch.float64)
-    blocks = _blocks(R, N, D, Dk, num_neighbors, acc_f64)
-    # P programs per frame, enough for twice the average number of kept rows per frame: a
-    # frame keeping more loops over its blocks, and fewer programs find nothing to do
-    # (KVTP's counts range from 0 to N per frame; with 1 CTA per SM an idle one costs a slot).
-    rows = blocks["ROWS"]
-    grid = (B * T, max(1, min(triton.cdiv(N, rows), triton.cdiv(2 * R, B * T * rows))))
-    torch.library.wrap_triton(_merge_neighbors_kernel)[grid](
+    M = num_neighbors
+    # 1. neighbour lists (a workspace of R x M tokens and coefficients, 12-16 bytes per pair)
+    neighbors = torch.empty((R, max(M, 1)), dtype=torch.int32, device=device)
+    coefs = torch.empty((R, max(M, 1)), dtype=torch.float64 if acc_f64 else torch.float32, device=device)
+    merging = torch.empty((R,), dtype=torch.int32, device=device)
+    if M > 0:
+        blocks = _select_blocks(R, N, Dk, M)
+        # P = cdiv(N, ROWS) programs per frame, one per block a frame can have: KVTP's counts
+        # range from 0 to N per frame, and a frame keeping N rows would otherwise run its
+        # blocks one after the other (at 16 x 256 x 3584 float64 MACs, ~58 us each at an
+        # SM's share of the DMMA peak). Programs past their frame's rows stop after the search.
+        grid = (B * T, triton.cdiv(N, blocks["ROWS"]))
+        torch.library.wrap_triton(_merge_select_kernel)[grid](
+            merge_keys, *merge_keys.stride(),
+            weights, *weights.stride(),
+            indices, indices.stride(0),
+            neighbors, coefs, merging,
+            T, N, Dk, R, M,
+            MEAN=bool(mean), COEF_F64=acc_f64,
+            num_warps=_NUM_WARPS_SELECT, **blocks,
+        )
+    # 2. the merged rows, a warp per row, spread over the whole GPU
+    blocks = _rows_blocks(R, D, tokens.element_size())
+    grid = (triton.cdiv(R, blocks["ROWS"]), triton.cdiv(D, blocks["BLOCK_D"]))
+    torch.library.wrap_triton(_merge_rows_kernel)[grid](
         tokens, *tokens.stride(),
-        merge_keys, *merge_keys.stride(),
-        weights, *weights.stride(),
         indices, indices.stride(0),
+        neighbors, coefs, merging,
         out,
-        T, N, D, Dk, R, num_neighbors,
-        MEAN=bool(mean), HAS_NEIGHBORS=num_neighbors > 0, ACC_F64=acc_f64,
-        num_warps=_NUM_WARPS, **blocks,
+        T, N, D, R, B * T * N, M,
+        MEAN=bool(mean), HAS_NEIGHBORS=M > 0, ACC_F64=acc_f64,
+        num_warps=_NUM_WARPS_ROWS, **blocks,
     )
     return out

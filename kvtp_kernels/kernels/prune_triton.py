@@ -2,49 +2,45 @@
 
 Two ops, registered with the public ``torch.library.triton_op`` + ``wrap_triton``:
 
-- ``kvtp::keep_counts_triton``: grid ``(B,)``, one program per video computes its T keep
-  counts (exact or paper allocation) and stores them.
-- ``kvtp::prune_tokens_triton``: ONE launch per call, grid ``(B*T,)``, one program
-  (16 warps) per frame. Each program
+- ``kvtp::keep_counts_triton``: one launch of ``_plan_kernel``, grid ``(B,)``: one program
+  per video computes its T keep counts (exact or paper allocation) and stores them.
+- ``kvtp::prune_tokens_triton``: three launches, no host sync, every output size static
+  (``total_rows``), so CUDA graphs and ``torch.compile(fullgraph=True)`` work:
 
-  1. gets its frame's keep count ``k_t`` and first output row. Exact mode
-     (``frame_counts`` is None): it recomputes its video's T counts in registers (frame
-     logits, softmax, exact allocation: O(T^2) compare-and-select work in
-     [BLOCK_T, 2, CHUNK_T] tiles) and takes ``row0 = b*K + sum_{t'<t} k_t'``. All
-     programs of a video run the same instructions on the same data, so they agree on
-     every count without communicating: no second launch, no grid-wide barrier, no host
-     sync, and every output size is static (``total_rows = B*K``), so CUDA graphs and
-     ``torch.compile(fullgraph=True)`` work. Paper mode (``frame_counts`` given, a
-     constexpr flag): it reads ``k_t`` and sums the counts of all earlier frames.
-  2. scores its N tokens in float64: loads ``token_scores``, or computes the
-     distinctiveness ``1 - cos(x_i, mean_i x_i)`` in ONE pass over D: a [BLOCK_N,
-     BLOCK_D] tile holds every token of the frame for a chunk of columns, so the column
-     means of the chunk are complete inside the tile, and ``<x_i, mu>``, ``|x_i|^2`` and
-     ``|mu|^2`` accumulate in the same pass (next chunk prefetched during the math).
-  3. ranks its tokens by comparison counts ([BLOCK_N, CHUNK_N] tiles; no sort, no
-     top-k), keeps those with rank < ``k_t``, and gives each kept token its output row
-     in raster order with ``tl.cumsum`` over the keep flags.
-  4. writes ``indices``, ``frame_counts``, ``frame_cu_seqlens`` (``cu_seqlens`` from the
-     video's last frame), then copies the kept rows as dense [ROWS, BLOCK_DC] tiles:
-     the kept rows are compacted first, so no lane is masked for being pruned.
-
-  Its inputs are all loaded in the kernel body (helpers get values), which keeps
-  torch.compile's mutation analysis exact: only the five outputs are written, so nothing
-  is cloned around the launch.
-
-Why one program per frame: the frame is the unit whose tokens must all be seen before
-any row can be placed (column mean, then rank), and it makes the prune one launch with
-no inter-CTA traffic. The cost is parallelism when B*T is below the SM count (B=1,
-T=64 fills 64 of an H100's 132 SMs); splitting D across CTAs would need a cross-CTA
-reduction of the distinctiveness sums (a second launch or a last-CTA-done protocol).
+  1. ``_plan_kernel``, grid ``(B + B*T*S,)``. Programs ``0 .. B-1`` do the per-video
+     work once: frame logits (given, or the fused SigLIP similarity: O(T*C*E) per
+     video), softmax, exact allocation (or the given counts), and the offsets
+     ``frame_cu_seqlens`` / ``cu_seqlens``. Without ``token_scores`` the other B*T*S
+     programs each take one frame and one of S slices of D and write that slice's
+     share of the distinctiveness sums (``<x_i, mu>``, ``|x_i|^2`` per token, ``|mu|^2``;
+     ``mu`` is complete inside a slice because a program holds all N tokens of its
+     columns) to a float64 workspace: D split across CTAs, every token byte read once.
+  2. ``_select_kernel``, grid ``(B*T,)``: reads its frame's count and first output row
+     (written by launch 1: the counts exist once, nothing recomputes them), the token
+     scores (given, or the S partial sums added in the fixed order s = 0..S-1, so the
+     result does not depend on scheduling), ranks the N tokens by comparison counts,
+     and writes ``indices`` of the kept ones in raster order.
+  3. ``_copy_rows_kernel``, grid ``(cdiv(total_rows, ROWS), cdiv(D, BLOCK_DC))``: every
+     program copies a [ROWS, BLOCK_DC] tile of kept rows (one index load per row, then
+     the tile's loads all in flight). At the headline (B=1, T=64, N=196, D=3584, bf16,
+     beta=0.2) that is 157 x 7 = 1099 CTAs of 4 warps, 16 KB of loads each.
 
 Numerics follow :mod:`kvtp_kernels.reference` (the contract): every decision in float64
 with the reference's operation order where it decides an integer (sums may associate
-differently, and a GPU may contract a*b+c into an FMA: both are float64 rounding,
-which the reference allows). Python floats are passed as their IEEE bits
-(``_f64_bits``) because Triton types a Python float argument as fp32. Offsets are int64
-(B*T*N*D may exceed 2^31). Tokens are read with their own strides (no copy) and moved
-with plain loads and stores, so packed rows are bit-identical to the input rows.
+differently: float64 rounding, which the reference allows). Products that feed a sum or
+an add (similarity and distinctiveness sums, ``scale * cos + bias``) are rounded on
+their own (``_mul_rn``: libdevice ``mul_rn`` on a GPU), as the reference and the
+interpreter round them, instead of being contracted into FMAs by the GPU compiler.
+Python floats are passed as their IEEE bits (``_f64_bits``) because Triton types a
+Python float argument as fp32. Offsets are int64 (B*T*N*D may exceed 2^31). Tokens are
+read with their own strides (no copy) and moved with plain loads and stores, so packed
+rows are bit-identical to the input rows.
+
+Inputs whose values decide a store address (counts, offsets, scores, indices) are loaded
+in the kernel bodies, never in a called @triton.jit helper: torch.compile's mutation
+analysis of user kernels (torch._higher_order_ops.triton_kernel_wrap) follows a store
+address back through every argument of a called function, and would otherwise think the
+input is written and clone it.
 """
 
 import os
@@ -53,32 +49,51 @@ import struct
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
-from .. import reference
+from .. import _opchecks, reference
 
 # Kernels may read module globals only as constexprs. Both are float64 values, so they
 # enter the kernels through tl.full(..., tl.float64) (a bare float literal is fp32).
 _NORM_EPS = tl.constexpr(reference.NORM_EPS)
 _PROB_FLUSH = tl.constexpr(reference.PROB_FLUSH)
 
-# Register tiles, in elements per thread (x 32 x num_warps = elements per tile), by the
-# register cost of what is done on them (ptxas -v, sm_90a): float64 compare-and-select
-# sweeps (g(lam), ranks) cost ~7 registers per element, tiles loaded and reduced in
-# float64 ~4, native-dtype copies ~1. The prune kernel runs 16 warps: one CTA per frame
-# and, at B*T = 64 frames, one CTA per SM, so the CTA itself must keep ~25 KB of loads
-# in flight; at these sizes it fits the 128 registers a 512-thread CTA may use (a few
-# bytes spilled at most).
-_GPU_COPY_PER_THREAD = 32  # copy tile [ROWS, BLOCK_DC], int32 slot match [ROWS, BLOCK_N]
-_GPU_F64_PER_THREAD = 16  # distinctiveness [BLOCK_N, BLOCK_D], frame embeddings [BLOCK_T, BLOCK_E]
-_GPU_COMPARE_PER_THREAD = 4  # g(lam) [BLOCK_T, 2, CHUNK_T], ranks [BLOCK_T, CHUNK_T], [BLOCK_N, CHUNK_N]
 # Under TRITON_INTERPRET=1 every Triton op costs ~0.1-1 ms of Python whatever its size,
 # so the interpreter runs the same kernels with much bigger tiles (fewer loop trips, same
 # code; tests/test_prune_triton.py also runs them at the GPU sizes). Read once, like
 # Triton itself, which picks the interpreter when it decorates the kernels.
 _INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _INTERPRETER_TILE = 1 << 17
-_NUM_WARPS_PRUNE = 16
-_NUM_WARPS_COUNTS = 4
+# The interpreter has no libdevice; numpy rounds every product anyway.
+_EXPLICIT_RN = tl.constexpr(not _INTERPRETING)
+
+# Register tiles on a GPU, in elements per thread (x 32 x num_warps = elements per tile),
+# by the register cost of what is done on them (ptxas -v, sm_90a): float64
+# compare-and-select sweeps (g(lam), ranks) cost ~7 registers per element, tiles loaded
+# and reduced in float64 ~4, native-dtype copies ~1.
+# frame embeddings [BLOCK_T, BLOCK_E] (native dtype, widened per element): 32 when the
+# per-video programs launch alone (~240 registers, one CTA per video anyway), 16 beside
+# the distinctiveness programs (the launch's register count is the larger of the two roles)
+_GPU_EMBED_PER_THREAD = 32
+_GPU_EMBED_PER_THREAD_SHARED = 16
+_GPU_DISTINCT_PER_THREAD = 16  # distinctiveness chunk [BLOCK_N, BLOCK_D] (native dtype, widened per element)
+_GPU_COMPARE_PER_THREAD = 4  # g(lam) [BLOCK_T, 2, CHUNK_T], ranks [BLOCK_T, CHUNK_T], [BLOCK_N, CHUNK_N]
+_GPU_COPY_BYTES_PER_THREAD = 128  # copy tile: 8 loads of 16 bytes in flight per thread
+# Distinctiveness programs resident at once: 2 per SM of a 132-SM H100 (8 warps at <= 128
+# registers); the slices of D are chosen for whole waves of them. At most 64 slices.
+_GPU_DISTINCT_SLOTS = 2 * 132
+_GPU_MAX_SPLITS = 64
+_NUM_WARPS_PLAN = 8
+# Long videos: the per-video float64 vectors of the allocation ([BLOCK_T] each, a dozen
+# live at once) need 16 warps from BLOCK_T = 512 on, or they spill.
+_NUM_WARPS_PLAN_LONG = 16
+_LONG_VIDEO = 512
+
+
+def _plan_warps(T: int) -> int:
+    return _NUM_WARPS_PLAN_LONG if triton.next_power_of_2(T) >= _LONG_VIDEO else _NUM_WARPS_PLAN
+_NUM_WARPS_SELECT = 4
+_NUM_WARPS_COPY = 4
 
 
 # ----------------------------------------------------------------------------------
@@ -93,6 +108,32 @@ def _f64_bits(value: float) -> int:
     return struct.unpack("<q", struct.pack("<d", float(value)))[0]
 
 
+@triton.jit
+def _mul_rn(a, b):
+    """``a * b`` rounded to nearest on its own (broadcast shapes).
+
+    On a GPU a product feeding an add would otherwise be contracted into an FMA, which
+    rounds once instead of twice: near-ties (ranks, counts, similarity maxima) could then
+    resolve differently from the reference and from the interpreter.
+    """
+    a, b = tl.broadcast(a, b)
+    if _EXPLICIT_RN:
+        product = libdevice.mul_rn(a, b)
+    else:
+        product = a * b
+    return product
+
+
+@triton.jit
+def _widen(x):
+    """float64 copy of a loaded tile of any float dtype."""
+    if x.dtype == tl.bfloat16:
+        # bf16 is the high half of an fp32: the shift is the exact conversion (one
+        # instruction, like cvt.f32.bf16); the interpreter's generic bf16 path is ~50x slower
+        x = (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    return x.to(tl.float64)
+
+
 # ----------------------------------------------------------------------------------
 # Section 1: frame logits
 # ----------------------------------------------------------------------------------
@@ -105,17 +146,16 @@ def _frame_logits(
     scale_ptr, bias_ptr,
     T, E, C,
     FROM_EMBEDS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, VEC_E: tl.constexpr,
 ):
     """Frame logits of video ``b`` as float64 [BLOCK_T] (lanes >= T are padding).
 
     ``scores[b, t]``, or the fused SigLIP similarity (METHOD.md section 1)
     ``s_t = max_c( exp(logit_scale) * <q_c, f_t> / (|q_c| |f_t|) + logit_bias )`` with
-    norms clamped at 1e-12 (``F.normalize``). One pass over E per query chunk: the dot
-    product and both squared norms accumulate together.
-
-    Used by ``_keep_counts_kernel``; ``_prune_tokens_kernel`` has the same code written
-    out, because its store addresses depend on the logits (see its docstring).
+    norms clamped at 1e-12 (``F.normalize``). Called once per video: O(T*C*E). One pass
+    over E per query chunk, [BLOCK_T, BLOCK_E] tiles of frame embeddings loaded two
+    ahead of the math; the products are added inside each thread into [BLOCK_T,
+    BLOCK_E / VEC_E] accumulators and reduced across lanes once per query chunk.
     """
     offs_t = tl.arange(0, BLOCK_T)
     valid_t = offs_t < T
@@ -131,21 +171,32 @@ def _frame_logits(
         best = tl.full([BLOCK_T], float("-inf"), tl.float64)
         for c in range(C):
             q_row = query_ptr + b * stride_qb + tl.cast(c, tl.int64) * stride_qc
-            qf = tl.full([BLOCK_T], 0.0, tl.float64)
-            ff = tl.full([BLOCK_T], 0.0, tl.float64)
+            qf = tl.full([BLOCK_T, BLOCK_E // VEC_E], 0.0, tl.float64)
+            ff = tl.full([BLOCK_T, BLOCK_E // VEC_E], 0.0, tl.float64)
             qq = tl.full([BLOCK_E], 0.0, tl.float64)
+            offs_e = tl.arange(0, BLOCK_E)
+            f_ahead1 = tl.load(frame_rows + offs_e.to(tl.int64)[None, :] * stride_fe,
+                               mask=valid_t[:, None] & (offs_e < E)[None, :], other=0.0)
+            q_ahead1 = tl.load(q_row + offs_e.to(tl.int64) * stride_qe, mask=offs_e < E, other=0.0)
+            offs_e += BLOCK_E
+            f_ahead2 = tl.load(frame_rows + offs_e.to(tl.int64)[None, :] * stride_fe,
+                               mask=valid_t[:, None] & (offs_e < E)[None, :], other=0.0)
+            q_ahead2 = tl.load(q_row + offs_e.to(tl.int64) * stride_qe, mask=offs_e < E, other=0.0)
             for e0 in range(0, E, BLOCK_E):
-                offs_e = e0 + tl.arange(0, BLOCK_E)
-                valid_e = offs_e < E
-                q = tl.load(q_row + offs_e.to(tl.int64) * stride_qe, mask=valid_e, other=0.0).to(tl.float64)
-                f = tl.load(frame_rows + offs_e.to(tl.int64)[None, :] * stride_fe,
-                            mask=valid_t[:, None] & valid_e[None, :], other=0.0).to(tl.float64)
-                qf += tl.sum(f * q[None, :], axis=1)
-                ff += tl.sum(f * f, axis=1)
-                qq += q * q
+                f = _widen(f_ahead1)  # [BLOCK_T, BLOCK_E]
+                q = _widen(q_ahead1)  # [BLOCK_E]
+                f_ahead1 = f_ahead2
+                q_ahead1 = q_ahead2
+                offs_e = e0 + 2 * BLOCK_E + tl.arange(0, BLOCK_E)
+                f_ahead2 = tl.load(frame_rows + offs_e.to(tl.int64)[None, :] * stride_fe,
+                                   mask=valid_t[:, None] & (offs_e < E)[None, :], other=0.0)
+                q_ahead2 = tl.load(q_row + offs_e.to(tl.int64) * stride_qe, mask=offs_e < E, other=0.0)
+                qf += tl.sum(tl.reshape(_mul_rn(f, q[None, :]), [BLOCK_T, BLOCK_E // VEC_E, VEC_E]), axis=2)
+                ff += tl.sum(tl.reshape(_mul_rn(f, f), [BLOCK_T, BLOCK_E // VEC_E, VEC_E]), axis=2)
+                qq += _mul_rn(q, q)
             q_norm = tl.maximum(tl.sqrt(tl.sum(qq, axis=0)), eps, propagate_nan=tl.PropagateNan.ALL)
-            f_norm = tl.maximum(tl.sqrt(ff), eps, propagate_nan=tl.PropagateNan.ALL)
-            logit = scale * (qf / (q_norm * f_norm)) + bias
+            f_norm = tl.maximum(tl.sqrt(tl.sum(ff, axis=1)), eps, propagate_nan=tl.PropagateNan.ALL)
+            logit = _mul_rn(scale, tl.sum(qf, axis=1) / (q_norm * f_norm)) + bias
             best = tl.maximum(best, logit, propagate_nan=tl.PropagateNan.ALL)  # torch.amax keeps NaN
         s = best
     else:
@@ -280,40 +331,126 @@ def _paper_counts(p, valid_t, ratio_frames, num_tokens, min_tokens):
     return tl.where(valid_t, tl.maximum(k, min_tokens), 0)
 
 
+
+# ----------------------------------------------------------------------------------
+# Sections 1-3: counts and offsets per video, distinctiveness partial sums
+# ----------------------------------------------------------------------------------
 @triton.jit
-def _keep_counts_kernel(
-    counts_ptr,
+def _plan_kernel(
+    counts_ptr, frame_cu_seqlens_ptr, cu_seqlens_ptr,
     scores_ptr, stride_sb, stride_st,
     frame_ptr, stride_fb, stride_ft, stride_fe,
     query_ptr, stride_qb, stride_qc, stride_qe,
     scale_ptr, bias_ptr,
-    T, E, C, num_tokens, budget, min_tokens, temperature_bits, ratio_frames_bits,
+    counts_in_ptr, stride_cb, stride_ct,
+    tokens_ptr, stride_tb, stride_tt, stride_tn, stride_td,
+    partial_ptr,
+    B, T, N, D, E, C, budget, min_tokens, temperature_bits, ratio_frames_bits, split_cols, num_splits,
     FROM_EMBEDS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, PAPER: tl.constexpr,
-    BLOCK_T: tl.constexpr, CHUNK_T: tl.constexpr, BLOCK_E: tl.constexpr,
+    COUNTS_GIVEN: tl.constexpr, WRITE_OFFSETS: tl.constexpr, DISTINCT: tl.constexpr,
+    BLOCK_T: tl.constexpr, CHUNK_T: tl.constexpr, BLOCK_E: tl.constexpr, VEC_E: tl.constexpr,
+    BLOCK_F: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr,
 ):
-    """Grid (B,): ``counts[b, :]`` int32 for video b (METHOD.md section 2)."""
-    b = tl.program_id(0).to(tl.int64)
-    offs_t = tl.arange(0, BLOCK_T)
-    valid_t = offs_t < T
-    s = _frame_logits(b, scores_ptr, stride_sb, stride_st,
-                      frame_ptr, stride_fb, stride_ft, stride_fe,
-                      query_ptr, stride_qb, stride_qc, stride_qe,
-                      scale_ptr, bias_ptr, T, E, C,
-                      FROM_EMBEDS, HAS_SCALE, HAS_BIAS, BLOCK_T, BLOCK_E)
-    # floats arrive as their IEEE bits (see _f64_bits); the widening cast sign-extends,
-    # which is right whether Triton typed the int as i32 or i64
-    temperature = tl.cast(tl.cast(temperature_bits, tl.int64), tl.float64, bitcast=True)
-    p = _frame_probs(s, valid_t, temperature)
-    if PAPER:
-        ratio_frames = tl.cast(tl.cast(ratio_frames_bits, tl.int64), tl.float64, bitcast=True)
-        counts = _paper_counts(p, valid_t, ratio_frames, num_tokens, min_tokens)
-    else:
-        counts = _exact_counts(p, valid_t, T, budget, num_tokens, min_tokens, BLOCK_T, CHUNK_T)
-    tl.store(counts_ptr + b * T + offs_t, counts, mask=valid_t)
+    """Grid (B + B*T*S,): per-video counts and offsets, then distinctiveness partial sums.
+
+    Program ``b < B`` (METHOD.md sections 1-2): ``counts[b, :]`` int32, computed (exact
+    allocation with K = ``budget``, or paper allocation) or copied from ``counts_in``
+    (COUNTS_GIVEN); with WRITE_OFFSETS also ``frame_cu_seqlens[b*T + 1 + t]`` and
+    ``cu_seqlens[b + 1]``, from ``row0 = b*K`` (exact) or the sum of the earlier videos'
+    given counts.
+
+    Program ``B + f*S + s`` (DISTINCT; METHOD.md section 3): frame f, columns
+    ``[s*split_cols, (s+1)*split_cols)`` of D. ``partial[f*S + s] = (<x_i, mu>_slice
+    [N], |x_i|^2_slice [N], |mu|^2_slice)`` float64, mu the column means of the slice.
+    Each chunk [BLOCK_N, BLOCK_D] holds every token of its columns, so mu is complete in
+    it; the products are added into [BLOCK_N, BLOCK_D / VEC] accumulators inside each
+    thread (VEC = the elements of one 16-byte load) and reduced across lanes once, after
+    the last chunk.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    if pid < B:
+        b = pid
+        offs_t = tl.arange(0, BLOCK_T)
+        valid_t = offs_t < T
+        if COUNTS_GIVEN:
+            counts = tl.load(counts_in_ptr + b * stride_cb + offs_t.to(tl.int64) * stride_ct,
+                             mask=valid_t, other=0).to(tl.int32)
+        else:
+            s = _frame_logits(b, scores_ptr, stride_sb, stride_st,
+                              frame_ptr, stride_fb, stride_ft, stride_fe,
+                              query_ptr, stride_qb, stride_qc, stride_qe,
+                              scale_ptr, bias_ptr, T, E, C,
+                              FROM_EMBEDS, HAS_SCALE, HAS_BIAS, BLOCK_T, BLOCK_E, VEC_E)
+            # floats arrive as their IEEE bits (see _f64_bits); the widening cast sign-extends,
+            # which is right whether Triton typed the int as i32 or i64
+            temperature = tl.cast(tl.cast(temperature_bits, tl.int64), tl.float64, bitcast=True)
+            p = _frame_probs(s, valid_t, temperature)
+            if PAPER:
+                ratio_frames = tl.cast(tl.cast(ratio_frames_bits, tl.int64), tl.float64, bitcast=True)
+                counts = _paper_counts(p, valid_t, ratio_frames, N, min_tokens)
+            else:
+                counts = _exact_counts(p, valid_t, T, budget, N, min_tokens, BLOCK_T, CHUNK_T)
+        tl.store(counts_ptr + b * T + offs_t, counts, mask=valid_t)
+        if WRITE_OFFSETS:
+            if COUNTS_GIVEN:
+                row0 = tl.full([], 0, tl.int64)
+                for f0 in range(0, b * T, BLOCK_F):  # every frame of the earlier videos, flat (b, t) order
+                    offs_f = f0 + tl.arange(0, BLOCK_F).to(tl.int64)
+                    fb = offs_f // T
+                    ft = offs_f - fb * T
+                    earlier = tl.load(counts_in_ptr + fb * stride_cb + ft * stride_ct, mask=offs_f < b * T, other=0)
+                    row0 += tl.sum(earlier.to(tl.int64), axis=0)
+            else:
+                row0 = b * budget
+            ends = row0 + tl.cumsum(counts.to(tl.int64), axis=0)
+            tl.store(frame_cu_seqlens_ptr + b * T + 1 + offs_t, ends.to(tl.int32), mask=valid_t)
+            last = row0 + tl.sum(counts.to(tl.int64), axis=0)
+            tl.store(cu_seqlens_ptr + b + 1, last.to(tl.int32))
+            tl.store(cu_seqlens_ptr, 0, mask=b == 0)
+            tl.store(frame_cu_seqlens_ptr, 0, mask=b == 0)
+    elif DISTINCT:
+        work = pid - B
+        f = work // num_splits
+        split = work - f * num_splits
+        fb = f // T
+        ft = f - fb * T
+        offs_n = tl.arange(0, BLOCK_N)
+        valid_n = offs_n < N
+        rows = tokens_ptr + fb * stride_tb + ft * stride_tt + offs_n.to(tl.int64)[:, None] * stride_tn
+        d_lo = split * split_cols
+        d_hi = tl.minimum(d_lo + split_cols, D)
+        dot = tl.full([BLOCK_N, BLOCK_D // VEC], 0.0, tl.float64)
+        sq_norm = tl.full([BLOCK_N, BLOCK_D // VEC], 0.0, tl.float64)
+        mu_sq = tl.full([], 0.0, tl.float64)
+        # typed like the tokens: `other` is converted after broadcasting to the tile
+        zero = tl.full([], 0.0, tokens_ptr.dtype.element_ty)
+        # Two chunks are loaded ahead of the one being reduced (loop-carried: Triton does not
+        # software-pipeline loads that feed no dot), so that each thread keeps 2 x BLOCK_N x
+        # BLOCK_D / threads elements of loads in flight during the float64 math.
+        cols = d_lo + tl.arange(0, BLOCK_D)
+        x_ahead1 = tl.load(rows + cols.to(tl.int64)[None, :] * stride_td,
+                           mask=valid_n[:, None] & (cols < d_hi)[None, :], other=zero)
+        cols += BLOCK_D
+        x_ahead2 = tl.load(rows + cols.to(tl.int64)[None, :] * stride_td,
+                           mask=valid_n[:, None] & (cols < d_hi)[None, :], other=zero)
+        for d0 in range(d_lo, d_hi, BLOCK_D):
+            x = _widen(x_ahead1)
+            x_ahead1 = x_ahead2
+            cols = d0 + 2 * BLOCK_D + tl.arange(0, BLOCK_D)
+            x_ahead2 = tl.load(rows + cols.to(tl.int64)[None, :] * stride_td,
+                               mask=valid_n[:, None] & (cols < d_hi)[None, :], other=zero)
+            mu = tl.sum(x, axis=0) / N  # torch.mean: sum, then divide
+            dot += tl.sum(tl.reshape(_mul_rn(x, mu[None, :]), [BLOCK_N, BLOCK_D // VEC, VEC]), axis=2)
+            sq_norm += tl.sum(tl.reshape(_mul_rn(x, x), [BLOCK_N, BLOCK_D // VEC, VEC]), axis=2)
+            mu_sq += tl.sum(_mul_rn(mu, mu), axis=0)
+        out = partial_ptr + work * (2 * N + 1)
+        tl.store(out + offs_n, tl.sum(dot, axis=1), mask=valid_n)
+        tl.store(out + N + offs_n, tl.sum(sq_norm, axis=1), mask=valid_n)
+        tl.store(out + 2 * N, mu_sq)
 
 
 # ----------------------------------------------------------------------------------
-# Sections 3-4: score, rank and pack one frame
+# Section 3: rank the tokens of a frame, list the kept ones
 # ----------------------------------------------------------------------------------
 @triton.jit
 def _token_ranks(score, N, BLOCK_N: tl.constexpr, CHUNK_N: tl.constexpr):
@@ -341,164 +478,85 @@ def _token_ranks(score, N, BLOCK_N: tl.constexpr, CHUNK_N: tl.constexpr):
 
 
 @triton.jit
-def _prune_tokens_kernel(
-    tokens_ptr, stride_tb, stride_tt, stride_tn, stride_td,
-    scores_ptr, stride_sb, stride_st,
-    frame_ptr, stride_fb, stride_ft, stride_fe,
-    query_ptr, stride_qb, stride_qc, stride_qe,
-    scale_ptr, bias_ptr,
+def _select_kernel(
     token_scores_ptr, stride_xb, stride_xt, stride_xn,
-    counts_in_ptr, stride_cb, stride_ct,
-    packed_ptr, indices_ptr, counts_ptr, cu_seqlens_ptr, frame_cu_seqlens_ptr,
-    T, N, D, E, C, budget, total_rows, min_tokens, temperature_bits,
-    FROM_EMBEDS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
-    COUNTS_GIVEN: tl.constexpr, HAS_TOKEN_SCORES: tl.constexpr,
-    BLOCK_T: tl.constexpr, CHUNK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr,
-    BLOCK_N: tl.constexpr, CHUNK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    ROWS: tl.constexpr, BLOCK_DC: tl.constexpr,
+    partial_ptr, counts_ptr, frame_cu_seqlens_ptr, indices_ptr,
+    T, N, total_rows, num_splits,
+    HAS_TOKEN_SCORES: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_N: tl.constexpr,
 ):
-    """Grid (B*T,): prune frame ``pid = b*T + t`` and write its part of every output.
+    """Grid (B*T,): ``indices`` of the kept tokens of frame ``f`` (METHOD.md sections 3-4).
 
-    Output rows of the frame: ``row0 .. row0 + k_t - 1`` with ``row0 = b*K + sum_{t'<t}
-    k_t'`` (exact mode) or the sum of all earlier frames' given counts (paper mode);
-    kept tokens in raster order (METHOD.md section 4).
-
-    Every load of an input sits in this body, not in a called @triton.jit helper: the
-    output addresses depend on loaded data (counts, ranks), and torch.compile's mutation
-    analysis of user kernels (torch._higher_order_ops.triton_kernel_wrap) follows a store
-    address back through every argument of a called function, so a helper that loads
-    ``tokens`` would make it think ``tokens`` is written and clone it. The helpers called
-    here take values only.
+    ``k_f = counts[f]`` and the frame's first output row ``frame_cu_seqlens[f]`` come from
+    ``_plan_kernel``. Token scores: ``token_scores``, or the distinctiveness
+    ``1 - <x_i, mu> / (max(|x_i|, 1e-12) max(|mu|, 1e-12))`` from the S partial sums,
+    added in the order s = 0..S-1 (deterministic). Kept tokens (rank < k_f) get their
+    output rows in raster order with ``tl.cumsum`` over the keep flags.
     """
-    pid = tl.program_id(0).to(tl.int64)
-    b = pid // T
-    t = pid - b * T
-
-    # ---- keep count and first output row of this frame (sections 1-2) ----
-    if COUNTS_GIVEN:
-        keep = tl.load(counts_in_ptr + b * stride_cb + t * stride_ct).to(tl.int64)
-        row0 = tl.full([], 0, tl.int64)
-        for f0 in range(0, pid, BLOCK_F):  # every earlier frame, flat (b, t) order
-            offs_f = f0 + tl.arange(0, BLOCK_F).to(tl.int64)
-            fb = offs_f // T
-            ft = offs_f - fb * T
-            earlier = tl.load(counts_in_ptr + fb * stride_cb + ft * stride_ct, mask=offs_f < pid, other=0)
-            row0 += tl.sum(earlier.to(tl.int64), axis=0)
-    else:
-        offs_t = tl.arange(0, BLOCK_T)
-        valid_t = offs_t < T
-        # Frame logits: the code of _frame_logits, written out (see the kernel docstring).
-        if FROM_EMBEDS:
-            eps = tl.full([], _NORM_EPS, tl.float64)
-            scale = tl.full([], 1.0, tl.float64)
-            if HAS_SCALE:
-                scale = tl.exp(tl.load(scale_ptr).to(tl.float64))
-            bias = tl.full([], 0.0, tl.float64)
-            if HAS_BIAS:
-                bias = tl.load(bias_ptr).to(tl.float64)
-            frame_rows = frame_ptr + b * stride_fb + offs_t.to(tl.int64)[:, None] * stride_ft
-            s = tl.full([BLOCK_T], float("-inf"), tl.float64)
-            for c in range(C):
-                q_row = query_ptr + b * stride_qb + tl.cast(c, tl.int64) * stride_qc
-                qf = tl.full([BLOCK_T], 0.0, tl.float64)
-                ff = tl.full([BLOCK_T], 0.0, tl.float64)
-                qq = tl.full([BLOCK_E], 0.0, tl.float64)
-                for e0 in range(0, E, BLOCK_E):
-                    offs_e = e0 + tl.arange(0, BLOCK_E)
-                    valid_e = offs_e < E
-                    q = tl.load(q_row + offs_e.to(tl.int64) * stride_qe, mask=valid_e, other=0.0).to(tl.float64)
-                    f = tl.load(frame_rows + offs_e.to(tl.int64)[None, :] * stride_fe,
-                                mask=valid_t[:, None] & valid_e[None, :], other=0.0).to(tl.float64)
-                    qf += tl.sum(f * q[None, :], axis=1)
-                    ff += tl.sum(f * f, axis=1)
-                    qq += q * q
-                q_norm = tl.maximum(tl.sqrt(tl.sum(qq, axis=0)), eps, propagate_nan=tl.PropagateNan.ALL)
-                f_norm = tl.maximum(tl.sqrt(ff), eps, propagate_nan=tl.PropagateNan.ALL)
-                s = tl.maximum(s, scale * (qf / (q_norm * f_norm)) + bias, propagate_nan=tl.PropagateNan.ALL)
-        else:
-            s = tl.load(scores_ptr + b * stride_sb + offs_t.to(tl.int64) * stride_st,
-                        mask=valid_t, other=0.0).to(tl.float64)
-        temperature = tl.cast(tl.cast(temperature_bits, tl.int64), tl.float64, bitcast=True)
-        p = _frame_probs(s, valid_t, temperature)
-        counts = _exact_counts(p, valid_t, T, budget, N, min_tokens, BLOCK_T, CHUNK_T)
-        # (k_t, sum_{t' < t} k_t') in one reduction
-        keep, before = tl.split(tl.sum(tl.join(tl.where(offs_t == t, counts, 0),
-                                               tl.where(offs_t < t, counts, 0)).to(tl.int64), axis=0))
-        row0 = b * budget + before
-    row_end = row0 + keep
-    tl.store(counts_ptr + pid, keep.to(tl.int32))
-    tl.store(frame_cu_seqlens_ptr + pid + 1, row_end.to(tl.int32))
-    tl.store(cu_seqlens_ptr + b + 1, row_end.to(tl.int32), mask=t == T - 1)
-    tl.store(cu_seqlens_ptr, 0, mask=pid == 0)
-    tl.store(frame_cu_seqlens_ptr, 0, mask=pid == 0)
-
-    # ---- token scores (section 3) ----
+    f = tl.program_id(0).to(tl.int64)
+    b = f // T
+    t = f - b * T
     offs_n = tl.arange(0, BLOCK_N)
     valid_n = offs_n < N
-    frame_tokens = tokens_ptr + b * stride_tb + t * stride_tt
+    keep = tl.load(counts_ptr + f).to(tl.int64)
+    row0 = tl.load(frame_cu_seqlens_ptr + f).to(tl.int64)
     if HAS_TOKEN_SCORES:
         score = tl.load(token_scores_ptr + b * stride_xb + t * stride_xt + offs_n.to(tl.int64) * stride_xn,
                         mask=valid_n, other=0.0).to(tl.float64)
     else:
-        # Distinctiveness 1 - <x_i, mu> / (|x_i| |mu|), mu = mean_i x_i, in one pass over D:
-        # a [BLOCK_N, BLOCK_D] tile holds all N tokens of a column chunk, so mu of the chunk
-        # is complete in the tile, and <x_i, mu>, |x_i|^2 and |mu|^2 are sums of per-chunk
-        # terms. Norms are clamped at 1e-12 (distinctiveness_ref).
-        rows = frame_tokens + offs_n.to(tl.int64)[:, None] * stride_tn
         dot = tl.full([BLOCK_N], 0.0, tl.float64)
         sq_norm = tl.full([BLOCK_N], 0.0, tl.float64)
-        mu_sq = tl.full([BLOCK_D], 0.0, tl.float64)
-        # typed like the tokens: `other` is converted after broadcasting to the tile
-        zero = tl.full([], 0.0, tokens_ptr.dtype.element_ty)
-        cols = tl.arange(0, BLOCK_D)
-        x_next = tl.load(rows + cols.to(tl.int64)[None, :] * stride_td,
-                         mask=valid_n[:, None] & (cols < D)[None, :], other=zero)
-        for d0 in range(0, D, BLOCK_D):
-            # Issue the next chunk's loads before the float64 math on this one so that their
-            # latency overlaps it (Triton does not software-pipeline loads that feed no dot).
-            x = x_next
-            cols = d0 + BLOCK_D + tl.arange(0, BLOCK_D)
-            x_next = tl.load(rows + cols.to(tl.int64)[None, :] * stride_td,
-                             mask=valid_n[:, None] & (cols < D)[None, :], other=zero)
-            if x.dtype == tl.bfloat16:
-                # bf16 is the high half of an fp32: the shift is the exact conversion (one
-                # instruction, like cvt.f32.bf16); the interpreter's generic bf16 path is ~50x slower
-                x = (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
-            x = x.to(tl.float64)
-            mu = tl.sum(x, axis=0) / N  # torch.mean: sum, then divide
-            dot += tl.sum(x * mu[None, :], axis=1)
-            sq_norm += tl.sum(x * x, axis=1)
-            mu_sq += mu * mu
+        mu_sq = tl.full([], 0.0, tl.float64)
+        for split in range(num_splits):
+            part = partial_ptr + (f * num_splits + split) * (2 * N + 1)
+            dot += tl.load(part + offs_n, mask=valid_n, other=0.0)
+            sq_norm += tl.load(part + N + offs_n, mask=valid_n, other=0.0)
+            mu_sq += tl.load(part + 2 * N)
         eps = tl.full([], _NORM_EPS, tl.float64)
         norm_x = tl.maximum(tl.sqrt(sq_norm), eps, propagate_nan=tl.PropagateNan.ALL)
-        norm_mu = tl.maximum(tl.sqrt(tl.sum(mu_sq, axis=0)), eps, propagate_nan=tl.PropagateNan.ALL)
+        norm_mu = tl.maximum(tl.sqrt(mu_sq), eps, propagate_nan=tl.PropagateNan.ALL)
         score = 1.0 - dot / (norm_x * norm_mu)
-
-    # ---- top-k_t by rank, kept tokens in raster order ----
     rank = _token_ranks(score, N, BLOCK_N, CHUNK_N)
     kept = valid_n & (rank.to(tl.int64) < keep)
     kept_i = kept.to(tl.int32)
     slot = tl.cumsum(kept_i, axis=0) - kept_i  # output row of each kept token, minus row0
     in_bounds = row0 + slot < total_rows  # guards against inconsistent given counts
-    tl.store(indices_ptr + row0 + slot, pid * N + offs_n, mask=kept & in_bounds)
+    tl.store(indices_ptr + row0 + slot, f * N + offs_n, mask=kept & in_bounds)
 
-    # ---- copy the kept rows (section 4) ----
-    # Ranks of the N tokens are a permutation of 0..N-1, so exactly min(k_t, N) are kept.
-    n_kept = tl.minimum(tl.maximum(keep, 0), N)
-    # Kept rows are compacted into dense [ROWS, BLOCK_DC] tiles: the source token of
-    # output slot r is the kept token whose slot is r (a [ROWS, BLOCK_N] match).
-    for r0 in range(0, n_kept, ROWS):
-        offs_r = r0 + tl.arange(0, ROWS)
-        match = (slot[None, :] == offs_r[:, None]) & kept[None, :]
-        src = tl.sum(tl.where(match, offs_n[None, :], 0), axis=1)
-        row_ok = (offs_r < n_kept) & (row0 + offs_r < total_rows)
-        src_rows = frame_tokens + src.to(tl.int64)[:, None] * stride_tn
-        dst_rows = packed_ptr + (row0 + offs_r)[:, None] * D
-        for d0 in range(0, D, BLOCK_DC):
-            offs_d = d0 + tl.arange(0, BLOCK_DC)
-            mask = row_ok[:, None] & (offs_d < D)[None, :]
-            values = tl.load(src_rows + offs_d.to(tl.int64)[None, :] * stride_td, mask=mask)
-            tl.store(dst_rows + offs_d[None, :], values, mask=mask)
+
+# ----------------------------------------------------------------------------------
+# Section 4: copy the kept rows
+# ----------------------------------------------------------------------------------
+@triton.jit
+def _copy_rows_kernel(
+    tokens_ptr, stride_tb, stride_tt, stride_tn, stride_td,
+    indices_ptr, packed_ptr,
+    T, N, D, num_rows, total_rows,
+    FLAT_ROWS: tl.constexpr, ROWS: tl.constexpr, BLOCK_DC: tl.constexpr,
+):
+    """Grid (cdiv(total_rows, ROWS), cdiv(D, BLOCK_DC)): ``packed[r, d] = tokens[indices[r], d]``.
+
+    One [ROWS, BLOCK_DC] tile per program: one index load per row, then every load of
+    the tile is issued before the first store (16 bytes per load when the rows are
+    16-byte aligned), so the copy keeps ROWS * BLOCK_DC * element-size bytes in flight
+    per CTA with nothing in front of it. FLAT_ROWS: token (b, t, n) lies at ``flat *
+    stride_tn`` (frames and videos packed without gaps), which spares the divisions.
+    Rows whose index is outside ``[0, B*T*N)`` (inconsistent given counts) are skipped.
+    """
+    offs_r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    offs_d = tl.program_id(1).to(tl.int64) * BLOCK_DC + tl.arange(0, BLOCK_DC)
+    row_ok = offs_r < total_rows
+    flat = tl.load(indices_ptr + offs_r, mask=row_ok, other=0)
+    row_ok &= (flat >= 0) & (flat < num_rows)
+    if FLAT_ROWS:
+        src = flat * stride_tn
+    else:
+        frame = flat // N
+        n = flat - frame * N
+        b = frame // T
+        src = b * stride_tb + (frame - b * T) * stride_tt + n * stride_tn
+    mask = row_ok[:, None] & (offs_d < D)[None, :]
+    values = tl.load(tokens_ptr + src[:, None] + offs_d[None, :] * stride_td, mask=mask)
+    tl.store(packed_ptr + offs_r[:, None] * D + offs_d[None, :], values, mask=mask)
 
 
 # ----------------------------------------------------------------------------------
@@ -513,38 +571,70 @@ def _fit(budget: int, block: int, size: int) -> int:
     return max(1, min(_pow2(size, lo=1), triton.next_power_of_2(max(budget // block, 1) + 1) // 2))
 
 
-def _tiles(num_warps: int) -> tuple[int, int, int]:
-    """(copy, f64, compare) tile budgets in elements, see ``_GPU_COPY_PER_THREAD``."""
-    if _INTERPRETING:
-        return _INTERPRETER_TILE, _INTERPRETER_TILE, _INTERPRETER_TILE
-    threads = 32 * num_warps
-    return (_GPU_COPY_PER_THREAD * threads, _GPU_F64_PER_THREAD * threads, _GPU_COMPARE_PER_THREAD * threads)
+def _per_thread(elements: int, num_warps: int) -> int:
+    """``elements`` per thread as a tile budget; the interpreter's big tile instead."""
+    return _INTERPRETER_TILE if _INTERPRETING else elements * 32 * num_warps
 
 
-def _frame_blocks(T: int, E: int, num_warps: int) -> dict:
-    """Block sizes of the frame-logit and keep-count code (sections 1-2)."""
-    _, f64, compare = _tiles(num_warps)
+def _frame_blocks(T: int, E: int, embed_size: int, with_distinct: bool = False) -> dict:
+    """Block sizes of the frame-logit and keep-count code of ``_plan_kernel`` (sections 1-2).
+
+    ``embed_size``: bytes per element of the frame embeddings (VEC_E = one 16-byte load);
+    ``with_distinct``: the launch also runs distinctiveness programs.
+    """
     block_t = _pow2(T)
+    compare = _per_thread(_GPU_COMPARE_PER_THREAD, _plan_warps(T))
+    embed = _GPU_EMBED_PER_THREAD_SHARED if with_distinct else _GPU_EMBED_PER_THREAD
+    block_e = _fit(_per_thread(embed, _plan_warps(T)), block_t, E)
     return dict(
         BLOCK_T=block_t,
         CHUNK_T=min(block_t, _fit(compare // 2, block_t, T)),  # g tile: [BLOCK_T, 2, CHUNK_T]
-        BLOCK_E=_fit(f64, block_t, E),
+        BLOCK_E=block_e,
+        VEC_E=max(1, min(block_e, 16 // embed_size)),
+        BLOCK_F=_fit(_per_thread(8, _plan_warps(T)), 1, 1 << 30),  # earlier frames' given counts
     )
 
 
-def _token_blocks(B: int, T: int, N: int, D: int, num_warps: int) -> dict:
-    """Block sizes of the token code (sections 3-4)."""
-    copy, f64, compare = _tiles(num_warps)
+def _distinct_plan(B: int, T: int, N: int, D: int, element_size: int) -> tuple[int, int, dict]:
+    """(S slices of D, columns per slice, blocks) of the distinctiveness programs.
+
+    A chunk is [BLOCK_N, BLOCK_D] (all tokens of BLOCK_D columns) and a slice is a run of
+    whole chunks. S minimises the modelled time ``waves * (chunks per slice + 2)`` with
+    ``_GPU_DISTINCT_SLOTS`` programs resident at once (the 2: a program's first loads and
+    its final reductions, about two chunks' time; ties: fewer slices, fewer partial sums);
+    one slice per frame in the interpreter.
+    """
     block_n = _pow2(N)
-    rows = min(32, block_n, _fit(copy, block_n, N))
-    return dict(
-        BLOCK_F=_fit(copy // 8, 1, B * T),  # counts of earlier frames (paper mode): up to 2048 on a GPU
-        BLOCK_N=block_n,
-        CHUNK_N=min(block_n, _fit(compare, block_n, N)),
-        BLOCK_D=_fit(f64, block_n, D),
-        ROWS=rows,
-        BLOCK_DC=_fit(copy, rows, D),
-    )
+    block_d = _fit(_per_thread(_GPU_DISTINCT_PER_THREAD, _plan_warps(T)), block_n, D)
+    vec = max(1, min(block_d, 16 // element_size))
+    chunks = triton.cdiv(D, block_d)
+    splits = 1
+    if not _INTERPRETING:
+        frames = B * T
+        splits = min(range(1, min(chunks, _GPU_MAX_SPLITS) + 1),
+                     key=lambda s: triton.cdiv(frames * s, _GPU_DISTINCT_SLOTS) * (triton.cdiv(chunks, s) + 2))
+    split_cols = triton.cdiv(chunks, splits) * block_d
+    return triton.cdiv(D, split_cols), split_cols, dict(BLOCK_N=block_n, BLOCK_D=block_d, VEC=vec)
+
+
+def _copy_blocks(total_rows: int, D: int, element_size: int) -> dict:
+    """[ROWS, BLOCK_DC] copy tile: ``_GPU_COPY_BYTES_PER_THREAD`` bytes per thread.
+
+    BLOCK_DC is the power of two (64 B to 2 KB of a row) that pads D the least (ties: the
+    wider), so that no column of a row is masked when D allows it (D = 3584: 512).
+    """
+    if _INTERPRETING:
+        block_dc = _pow2(D, lo=1)
+        return dict(ROWS=_fit(_INTERPRETER_TILE, block_dc, total_rows), BLOCK_DC=block_dc)
+    tile = _GPU_COPY_BYTES_PER_THREAD * 32 * _NUM_WARPS_COPY // element_size
+    widths = [w for w in (1 << k for k in range(12)) if 64 <= w * element_size <= 2048] or [1]
+    block_dc = min(widths, key=lambda w: (triton.cdiv(D, w) * w, -w))
+    block_dc = min(block_dc, _pow2(D, lo=1))
+    return dict(ROWS=max(1, min(tile // block_dc, _pow2(total_rows, lo=1))), BLOCK_DC=block_dc)
+
+
+def _embed_size(frame_embeds: torch.Tensor | None) -> int:
+    return frame_embeds.element_size() if frame_embeds is not None else 8
 
 
 def _frame_args(scores, frame_embeds, query_embeds, logit_scale, logit_bias):
@@ -563,6 +653,18 @@ def _frame_args(scores, frame_embeds, query_embeds, logit_scale, logit_bias):
     return E, C, args, flags
 
 
+def _launch_plan(grid, counts, frame_cu_seqlens, cu_seqlens, frame_inputs, counts_in, tokens, partial,
+                 sizes: dict, **flags) -> None:
+    """One launch of ``_plan_kernel`` (see its docstring for the roles of its programs)."""
+    torch.library.wrap_triton(_plan_kernel)[grid](
+        counts, frame_cu_seqlens, cu_seqlens, *frame_inputs, *counts_in, *tokens, partial,
+        sizes["B"], sizes["T"], sizes["N"], sizes["D"], sizes["E"], sizes["C"], sizes["budget"],
+        sizes["min_tokens"], _f64_bits(sizes["temperature"]), _f64_bits(sizes["ratio_frames"]),
+        sizes["split_cols"], sizes["splits"],
+        num_warps=_plan_warps(sizes["T"]), **flags,
+    )
+
+
 @torch.library.triton_op("kvtp::keep_counts_triton", mutates_args=())
 def keep_counts_triton(
     scores: torch.Tensor | None,
@@ -577,18 +679,18 @@ def keep_counts_triton(
     min_tokens: int,
     paper: bool,
 ) -> torch.Tensor:
-    """int32 [B, T] keep counts, one program per video (METHOD.md sections 1-2)."""
+    """int32 [B, T] keep counts: ``_plan_kernel``'s per-video programs alone (METHOD.md sections 1-2)."""
+    _opchecks.check_keep_counts(**locals())
     src = scores if scores is not None else frame_embeds
     B, T = src.shape[0], src.shape[1]
-    E, C, frame_args, flags = _frame_args(scores, frame_embeds, query_embeds, logit_scale, logit_bias)
+    E, C, frame_inputs, flags = _frame_args(scores, frame_embeds, query_embeds, logit_scale, logit_bias)
     counts = torch.empty((B, T), dtype=torch.int32, device=src.device)
-    torch.library.wrap_triton(_keep_counts_kernel)[(B,)](
-        counts, *frame_args,
-        T, E, C, num_tokens, budget, min_tokens,
-        _f64_bits(temperature), _f64_bits(float(ratio) * T),  # beta*T as the reference forms it
-        PAPER=bool(paper), num_warps=_NUM_WARPS_COUNTS,
-        **flags, **_frame_blocks(T, E, _NUM_WARPS_COUNTS),
-    )
+    sizes = dict(B=B, T=T, N=num_tokens, D=1, E=E, C=C, budget=budget, min_tokens=min_tokens,
+                 temperature=temperature, ratio_frames=float(ratio) * T,  # beta*T as the reference forms it
+                 split_cols=1, splits=1)
+    _launch_plan((B,), counts, counts, counts, frame_inputs, (counts, 0, 0), (src, 0, 0, 0, 0), counts, sizes,
+                 PAPER=bool(paper), COUNTS_GIVEN=False, WRITE_OFFSETS=False, DISTINCT=False,
+                 BLOCK_N=16, BLOCK_D=16, VEC=1, **flags, **_frame_blocks(T, E, _embed_size(frame_embeds)))
     return counts
 
 
@@ -607,11 +709,12 @@ def prune_tokens_triton(
     temperature: float,
     min_tokens: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Score, rank and pack every frame in one launch (METHOD.md sections 1-4).
+    """Plan, select and copy: three launches, no host sync (METHOD.md sections 1-4).
 
-    ``frame_counts`` None: exact allocation with K = ``budget`` per video, recomputed
-    in-kernel. Given: used as is. ``total_rows`` fixes the packed size.
+    ``frame_counts`` None: exact allocation with K = ``budget`` per video, computed once
+    per video by ``_plan_kernel``. Given: used as is. ``total_rows`` fixes the packed size.
     """
+    _opchecks.check_prune_tokens(**locals(), data=True)
     B, T, N, D = tokens.shape
     device = tokens.device
     packed = tokens.new_empty((total_rows, D))
@@ -620,24 +723,47 @@ def prune_tokens_triton(
     cu_seqlens = torch.empty((B + 1,), dtype=torch.int32, device=device)
     frame_cu_seqlens = torch.empty((B * T + 1,), dtype=torch.int32, device=device)
 
+    # 1. counts and offsets per video; distinctiveness partial sums per (frame, slice of D)
     counts_given = frame_counts is not None
-    if counts_given:
-        # the frame logits are not needed: placeholders for their arguments
-        E, C, frame_args, flags = _frame_args(frame_counts, None, None, None, None)
-        count_args = (frame_counts, *frame_counts.stride())
+    if counts_given:  # the frame logits are not needed: placeholders for their arguments
+        E, C, frame_inputs, flags = _frame_args(frame_counts, None, None, None, None)
+        counts_in = (frame_counts, *frame_counts.stride())
     else:
-        E, C, frame_args, flags = _frame_args(scores, frame_embeds, query_embeds, logit_scale, logit_bias)
-        count_args = (tokens, 0, 0)
+        E, C, frame_inputs, flags = _frame_args(scores, frame_embeds, query_embeds, logit_scale, logit_bias)
+        counts_in = (counts, 0, 0)
+    distinct = token_scores is None
+    splits, split_cols, distinct_blocks = _distinct_plan(B, T, N, D, tokens.element_size())
+    if distinct:
+        partial = torch.empty((B * T * splits, 2 * N + 1), dtype=torch.float64, device=device)
+    else:
+        splits, partial = 0, counts  # a placeholder
+    sizes = dict(B=B, T=T, N=N, D=D, E=E, C=C, budget=budget, min_tokens=min_tokens, temperature=temperature,
+                 ratio_frames=0.0, split_cols=split_cols, splits=max(splits, 1))
+    _launch_plan((B + B * T * splits,), counts, frame_cu_seqlens, cu_seqlens, frame_inputs, counts_in,
+                 (tokens, *tokens.stride()), partial, sizes,
+                 PAPER=False, COUNTS_GIVEN=counts_given, WRITE_OFFSETS=True, DISTINCT=distinct,
+                 **flags, **_frame_blocks(T, E, _embed_size(frame_embeds), distinct), **distinct_blocks)
+
+    # 2. ranks and indices per frame
+    block_n = _pow2(N)
+    compare = _per_thread(_GPU_COMPARE_PER_THREAD, _NUM_WARPS_SELECT)
     score_args = (token_scores, *token_scores.stride()) if token_scores is not None else (tokens, 0, 0, 0)
-    torch.library.wrap_triton(_prune_tokens_kernel)[(B * T,)](
-        tokens, *tokens.stride(),
-        *frame_args,
-        *score_args,
-        *count_args,
-        packed, indices, counts, cu_seqlens, frame_cu_seqlens,
-        T, N, D, E, C, budget, total_rows, min_tokens, _f64_bits(temperature),
-        COUNTS_GIVEN=counts_given, HAS_TOKEN_SCORES=token_scores is not None,
-        num_warps=_NUM_WARPS_PRUNE,
-        **flags, **_frame_blocks(T, E, _NUM_WARPS_PRUNE), **_token_blocks(B, T, N, D, _NUM_WARPS_PRUNE),
+    torch.library.wrap_triton(_select_kernel)[(B * T,)](
+        *score_args, partial, counts, frame_cu_seqlens, indices,
+        T, N, total_rows, max(splits, 1),
+        HAS_TOKEN_SCORES=not distinct, BLOCK_N=block_n, CHUNK_N=min(block_n, _fit(compare, block_n, N)),
+        num_warps=_NUM_WARPS_SELECT,
     )
+
+    # 3. the kept rows, spread over the whole GPU
+    if total_rows > 0:
+        stride_tb, stride_tt, stride_tn, _ = tokens.stride()
+        flat_rows = (T == 1 or stride_tt == N * stride_tn) and (B == 1 or stride_tb == T * N * stride_tn)
+        blocks = _copy_blocks(total_rows, D, tokens.element_size())
+        grid = (triton.cdiv(total_rows, blocks["ROWS"]), triton.cdiv(D, blocks["BLOCK_DC"]))
+        torch.library.wrap_triton(_copy_rows_kernel)[grid](
+            tokens, *tokens.stride(), indices, packed,
+            T, N, D, B * T * N, total_rows,
+            FLAT_ROWS=flat_rows, num_warps=_NUM_WARPS_COPY, **blocks,
+        )
     return packed, indices, counts, cu_seqlens, frame_cu_seqlens

@@ -38,6 +38,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -411,9 +412,9 @@ def train_predictor(
 # ----------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m kvtp_kernels.predictor.train") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m kvtp_kernels.predictor.train",
+        prog=prog,
         description="Train KVTP's query-frame relevance predictor (SigLIP + Local and Global Context Fusion Head) "
                     "on per-frame relevance labels.",
         epilog="Label file columns: video (path, relative to the label file), query, labels (one integer 0..5 per "
@@ -443,22 +444,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def _writable_dir(path: str) -> str | None:
+    """Creates ``path`` and writes a probe file in it; -> None, or why it cannot be used."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".kvtp-probe-"):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def _device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N; got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: torch sees no CUDA device")
+    return device
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """Exit status: 0 done, 2 usage error (bad option, label file, model, device or output folder)."""
+    parser = build_parser(prog) if prog else build_parser()
     args = parser.parse_args(argv)
     try:
         config = TrainConfig(train=args.train, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                              batch_size=args.batch_size, fps=args.fps, max_frames=args.max_frames, seed=args.seed,
                              gradient_checkpointing=args.gradient_checkpointing, progress=not args.no_progress)
-        examples = read_relevance_labels(args.labels)  # validate everything before loading a model
+        # Everything a user can get wrong is checked before the first model is loaded.
+        examples = read_relevance_labels(args.labels)
+        device = _device(args.device)
+        problem = _writable_dir(args.output_dir)
+        if problem is not None:
+            raise ValueError(f"--output-dir {args.output_dir!r}: cannot write there ({problem})")
         overrides: dict[str, Any] = {}
         if args.clip_size is not None:
             overrides["clip_size"] = args.clip_size
         if args.train == "head":
             overrides["use_fusion_head"] = True
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         torch.manual_seed(args.seed)
-        predictor = FrameRelevancePredictor.from_pretrained(args.model, tokenizer=args.tokenizer, config=overrides)
+        try:
+            predictor = FrameRelevancePredictor.from_pretrained(args.model, tokenizer=args.tokenizer,
+                                                                config=overrides)
+        except OSError as exc:  # no such directory / hub name, no network, no config in it
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"--model {args.model!r}: cannot load a SigLIP checkpoint ({first})") from None
         predictor = predictor.to(device=device, dtype=torch.float32)
         if predictor.tokenizer is None:
             raise ValueError(f"--model {args.model!r} has no tokenizer and the label file has text queries; pass "

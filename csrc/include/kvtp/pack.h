@@ -176,6 +176,11 @@ KVTP_HD bool locate_row(const PackPlanView& p, int64_t r, int64_t* sample, int64
 // Row copy: bytes, in the widest unit (16, 8, 4, 2 or 1 bytes) that the alignment of
 // both rows and the row size allow; `lane` of `lanes` cooperating threads takes every
 // lanes-th unit, so a warp reads 512 contiguous bytes per step with 16-byte loads.
+// kCopyBatch units per thread are loaded into registers before any of them is stored:
+// the loads are independent, so a GPU thread keeps kCopyBatch loads in flight (with one
+// load then one store per step, a store through a char-derived pointer may alias the
+// next load, and the compiler serialises them). The rows of one pack never overlap
+// (the output is a fresh tensor), which is what __restrict__ states.
 // ---------------------------------------------------------------------------------
 #if defined(__CUDACC__) || defined(__HIPCC__)
 using Bytes16 = uint4;  // a 128-bit load/store on the GPU
@@ -185,17 +190,32 @@ struct alignas(16) Bytes16 {
 };
 #endif
 
+constexpr int64_t kCopyBatch = 4;  // 4 x 16 bytes in flight per GPU thread, 2 KB per warp
+
 template <typename Unit>
-KVTP_HD void copy_units(char* dst, const char* src, int64_t nbytes, int64_t lane, int64_t lanes) {
-  Unit* to = reinterpret_cast<Unit*>(dst);
+KVTP_HD void copy_units(char* __restrict__ dst, const char* __restrict__ src, int64_t nbytes, int64_t lane,
+                        int64_t lanes) {
+  Unit* __restrict__ to = reinterpret_cast<Unit*>(dst);
   const int64_t n = nbytes / static_cast<int64_t>(sizeof(Unit));
   if (src == nullptr) {
     const Unit zero{};
     for (int64_t i = lane; i < n; i += lanes) to[i] = zero;
     return;
   }
-  const Unit* from = reinterpret_cast<const Unit*>(src);
-  for (int64_t i = lane; i < n; i += lanes) to[i] = from[i];
+  const Unit* __restrict__ from = reinterpret_cast<const Unit*>(src);
+  int64_t i = lane;
+  for (; i + (kCopyBatch - 1) * lanes < n; i += kCopyBatch * lanes) {
+    Unit batch[kCopyBatch];
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#pragma unroll
+#endif
+    for (int64_t k = 0; k < kCopyBatch; ++k) batch[k] = from[i + k * lanes];
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#pragma unroll
+#endif
+    for (int64_t k = 0; k < kCopyBatch; ++k) to[i + k * lanes] = batch[k];
+  }
+  for (; i < n; i += lanes) to[i] = from[i];
 }
 
 // dst[0:nbytes] = src[0:nbytes], or zeros when src is nullptr.
