@@ -57,6 +57,10 @@ class Launch:
             total *= int(g)
         return total
 
+    def values(self) -> dict:
+        """Every argument by name (positional ones, constexprs, ``num_warps`` ...)."""
+        return dict(zip(self.kernel.arg_names, self.args), **self.kwargs)
+
     def tensors(self) -> list[torch.Tensor]:
         """Tensor arguments, each storage once (an op may pass one tensor as two arguments)."""
         seen, out = set(), []

@@ -5,7 +5,8 @@
 1. runs each public call of :mod:`bench.kernel_scenarios` at the headline (B=1, T=64,
    N=196, D=3584, bf16, beta=0.2), at B=8 and at T=1024 (N=49) with every Triton launch
    recorded, not run (:mod:`bench.kernel_launches`), so the kernels, grids, warps and
-   constexprs are whatever the ops choose today;
+   constexprs are whatever the ops choose today; once per architecture, since a launcher
+   may choose by the GPU's capability (PruMerge's select warps);
 2. compiles each distinct launch with Triton's own launcher specialisation for sm_80,
    sm_89, sm_90 and sm_100 and reads registers, spills, shared memory and the loads in
    flight per thread from the machine code (:mod:`bench.kernel_model`);
@@ -14,11 +15,13 @@
    total against the floor of its minimal algorithm;
 4. lists the CUDA kernels of the built extension per architecture (cuobjdump).
 
-Bytes of a launch: every tensor argument once, at its full size, except an input the
-launch gathers rows from (an input larger than a same-width tensor the op allocated,
-e.g. the tokens next to the packed rows): the gathered rows only. Where a call's
-minimal algorithm reads an input in full (``full_reads``) and no launch was charged that
-much, the rest is charged to the last launch that reads it.
+Bytes and work of a launch: the kernel's own model, declared beside it in its module
+(``TRAFFIC[kernel name](args, grid)`` -> ``kvtp_kernels.kernels._traffic.Traffic``): what
+its programs really read and write in the mode its constexprs select (a placeholder
+tensor, or one a mode leaves unread, costs nothing), L2 re-reads, float64 work, dependent
+round trips and the program that runs alone. A recorded kernel without a model stops
+the report. Per call, the modelled time is the sum of its launches' (they run one after
+the other on a stream) against the floor of its minimal algorithm.
 
 Exit status 1 when a kernel on the hot path (every exact-mode call) spills on any
 architecture, when a kernel's shared memory does not fit an architecture, or when the
@@ -38,11 +41,10 @@ from dataclasses import dataclass
 if os.environ.get("TRITON_INTERPRET", "0") == "1":
     raise SystemExit("bench.kernel_report: unset TRITON_INTERPRET (the report compiles the GPU kernels)")
 
-import torch  # noqa: E402
-
 from bench import kernel_model as km  # noqa: E402
 from bench.kernel_launches import Launch, compile_launch, record  # noqa: E402
 from bench.kernel_scenarios import HEADLINE, SCENARIOS, SHAPES, Scenario, Shape  # noqa: E402
+from kvtp_kernels.kernels._traffic import Traffic  # noqa: E402
 
 CAPABILITIES = (80, 89, 90, 100)
 H100 = km.GPUS[90]
@@ -56,60 +58,54 @@ class Row:
     shape: Shape
     scenario: Scenario
     launch: Launch
-    bytes_moved: int
+    traffic: Traffic
     writes_output: bool  # an argument is the call's returned tokens
 
-
-def charge(scenario: Scenario, inputs: dict, launches: list[Launch]) -> list[int]:
-    """Bytes moved per launch (rule in the module docstring)."""
-    ids = {t.data_ptr(): name for name, t in inputs.items() if isinstance(t, torch.Tensor)}
-    charged, full_read = [], {name: [] for name in scenario.full_reads}
-    for i, launch in enumerate(launches):
-        tensors = launch.tensors()
-        made = [t for t in tensors if t.data_ptr() not in ids]
-        total = 0
-        for t in tensors:
-            size = t.untyped_storage().nbytes() if t.data_ptr() in ids else t.numel() * t.element_size()
-            name = ids.get(t.data_ptr())
-            if name is not None:
-                rows = [m for m in made if m.dim() and t.dim() and m.shape[-1] == t.shape[-1]
-                        and m.element_size() == t.element_size() and m.numel() < t.numel()]
-                if rows:
-                    size = max(m.numel() for m in rows) * t.element_size()
-                if name in full_read:
-                    full_read[name].append((i, size, t.untyped_storage().nbytes()))
-            total += size
-        charged.append(total)
-    for reads in full_read.values():
-        if reads and max(size for _, size, _ in reads) < reads[-1][2]:
-            i, size, full = reads[-1]
-            charged[i] += full - size
-    return charged
+    @property
+    def bytes_moved(self) -> int:
+        return self.traffic.moved
 
 
-def collect(shapes) -> list[Row]:
+def traffic_of(launch: Launch) -> Traffic:
+    """The kernel's own model of what ``launch`` moves (module docstring)."""
+    module = sys.modules.get(launch.kernel.fn.__module__)
+    models = getattr(module, "TRAFFIC", {})
+    if launch.name not in models:
+        raise SystemExit(f"bench.kernel_report: {launch.kernel.fn.__module__} declares no TRAFFIC model for "
+                         f"{launch.name}; add one beside the kernel (kvtp_kernels/kernels/_traffic.py)")
+    return models[launch.name](launch.values(), launch.grid)
+
+
+def collect(shapes, capability: int = 90) -> list[Row]:
+    """Every launch of every scenario, recorded as the ops launch it on ``sm_<capability>``
+    (a launcher may choose tiles or warps by the GPU's capability)."""
     rows = []
     for shape in shapes:
         for scenario in SCENARIOS:
             inputs = scenario.make(shape)
-            with record() as rec:
+            with record(capability) as rec:
                 out = scenario.run(inputs)
             out_tokens = getattr(out, "tokens", None)
-            charged = charge(scenario, inputs, rec.launches)
-            for launch, nbytes in zip(rec.launches, charged):
+            for launch in rec.launches:
                 writes = out_tokens is not None and any(t.data_ptr() == out_tokens.data_ptr()
                                                         for t in launch.tensors())
-                rows.append(Row(shape, scenario, launch, nbytes, writes))
+                rows.append(Row(shape, scenario, launch, traffic_of(launch), writes))
             if not rec.launches:
                 raise SystemExit(f"bench.kernel_report: {scenario.name} at {shape.name} launched no Triton kernel "
                                  "(is TRITON_INTERPRET set, or triton missing?)")
     return rows
 
 
-def usages(rows: list[Row], capabilities) -> dict:
+def timing(row: Row, usage) -> km.Timing:
+    """sm_90 model of one launch on an H100."""
+    return km.model(usage[(row.launch.key(), 90)], row.launch.num_warps, row.launch.ctas, row.bytes_moved, H100,
+                    row.traffic)
+
+
+def usages(rows_by_cap: dict[int, list[Row]]) -> dict:
     cache = {}
-    for row in rows:
-        for cap in capabilities:
+    for cap, rows in rows_by_cap.items():
+        for row in rows:
             key = (row.launch.key(), cap)
             if key not in cache:
                 print(f"[kernel_report] compiling {row.launch.name} ({row.scenario.name}, {row.shape.name}) "
@@ -132,14 +128,16 @@ def launch_table(rows, usage) -> str:
     lines = []
     for r in rows:
         u = usage[(r.launch.key(), 90)]
-        t = km.model(u, r.launch.num_warps, r.launch.ctas, r.bytes_moved, H100)
+        t = timing(r, usage)
         floor = km.floor_us(r.bytes_moved, H100)
         lines.append([r.shape.name, r.scenario.name, r.launch.name, "x".join(map(str, r.launch.grid)),
                       r.launch.num_warps, u.registers, u.spill_bytes, f"{u.shared_bytes / 1024:.1f}", t.ctas_per_sm,
-                      f"{t.waves:.2f}", f"{r.bytes_moved / 1e6:.1f}", f"{t.inflight_per_sm / 1024:.0f}",
+                      f"{t.waves:.2f}", f"{r.traffic.read / 1e6:.2f}", f"{r.traffic.written / 1e6:.2f}",
+                      f"{r.traffic.l2_read / 1e6:.1f}", f"{t.inflight_per_sm / 1024:.0f}", t.bound,
                       f"{t.model_us:.1f}", f"{floor:.1f}", _ratio(t.model_us, floor)])
     return _table(["shape", "call", "kernel", "grid", "warps", "regs", "spill B", "smem KB", "CTA/SM", "waves",
-                   "MB", "KB in flight/SM", "model us", "floor us", "x floor"], lines)
+                   "MB read", "MB written", "L2 MB", "KB in flight/SM", "bound", "model us", "floor us", "x floor"],
+                  lines)
 
 
 def call_table(rows, usage) -> tuple[str, list[str]]:
@@ -149,10 +147,9 @@ def call_table(rows, usage) -> tuple[str, list[str]]:
             mine = [r for r in rows if r.shape is shape and r.scenario is scenario]
             if not mine:
                 continue
-            model = sum(km.model(usage[(r.launch.key(), 90)], r.launch.num_warps, r.launch.ctas, r.bytes_moved,
-                                 H100).model_us for r in mine)
+            model = sum(timing(r, usage).model_us for r in mine)
             fp64 = km.fp64_us(scenario.fp64_flops(shape), H100)
-            model = max(model, fp64)
+            moved = sum(r.bytes_moved for r in mine)
             floor = km.floor_us(scenario.floor_bytes(shape), H100)
             verdict = "-"
             if shape is HEADLINE and scenario.name in TARGETS:
@@ -163,23 +160,30 @@ def call_table(rows, usage) -> tuple[str, list[str]]:
                 if not ok:
                     missed.append(f"{scenario.name}: modelled {model:.1f} us, target {verdict}")
             lines.append([shape.name, scenario.name, len(mine), f"{scenario.floor_bytes(shape) / 1e6:.1f}",
-                          f"{floor:.1f}", f"{fp64:.1f}", f"{model:.1f}", _ratio(model, floor), verdict])
-    return _table(["shape", "call", "launches", "min MB", "floor us", "fp64 us", "model us", "x floor", "target"],
-                  lines), missed
+                          f"{moved / 1e6:.1f}", f"{floor:.1f}", f"{fp64:.1f}", f"{model:.1f}", _ratio(model, floor),
+                          verdict])
+    return _table(["shape", "call", "launches", "min MB", "moved MB", "floor us", "fp64 us", "model us", "x floor",
+                   "target"], lines), missed
 
 
-def arch_table(rows, usage, capabilities) -> tuple[str, list[str]]:
+def arch_table(rows_by_cap, usage, capabilities) -> tuple[str, list[str]]:
+    """Per launch (as recorded for sm_90) its resources on each architecture, compiled as the
+    launcher chooses it there (a different warp count is shown as ``@<warps>w``)."""
     lines, failures, seen = [], [], set()
-    for r in rows:
-        if r.launch.key() in seen:
+    for i, r in enumerate(rows_by_cap[90]):
+        key = tuple(rows_by_cap[cap][i].launch.key() for cap in capabilities)
+        if key in seen:
             continue
-        seen.add(r.launch.key())
+        seen.add(key)
         cells = [r.shape.name, r.scenario.name, r.launch.name, r.launch.num_warps]
         for cap in capabilities:
-            u, gpu = usage[(r.launch.key(), cap)], km.GPUS[cap]
-            per_sm = km.ctas_per_sm(u, r.launch.num_warps, gpu)
+            launch = rows_by_cap[cap][i].launch
+            u, gpu = usage[(launch.key(), cap)], km.GPUS[cap]
+            per_sm = km.ctas_per_sm(u, launch.num_warps, gpu)
             fits = u.shared_bytes <= gpu.smem_per_cta_kb * 1024 and per_sm > 0
-            cells.append(f"{u.registers}/{u.spill_bytes}/{u.shared_bytes / 1024:.0f}/{per_sm}" + ("" if fits else "!"))
+            warps = "" if launch.num_warps == r.launch.num_warps else f"@{launch.num_warps}w"
+            cells.append(f"{u.registers}/{u.spill_bytes}/{u.shared_bytes / 1024:.0f}/{per_sm}{warps}"
+                         + ("" if fits else "!"))
             where = f"{r.launch.name} ({r.scenario.name}, {r.shape.name}) on sm_{cap}"
             if not fits:
                 failures.append(f"{where}: {u.shared_bytes} B of shared memory, {per_sm} CTAs/SM "
@@ -213,7 +217,7 @@ def copy_checks(rows, usage) -> list[str]:
         return ["no launch of prune (given token scores) at the headline writes the returned rows"]
     failures = []
     for r in copies:
-        t = km.model(usage[(r.launch.key(), 90)], r.launch.num_warps, r.launch.ctas, r.bytes_moved, H100)
+        t = timing(r, usage)
         if r.launch.ctas < MIN_COPY_CTAS:
             failures.append(f"copy {r.launch.name} at the headline: {r.launch.ctas} CTAs < {MIN_COPY_CTAS} "
                             f"(2 per SM of an H100)")
@@ -242,13 +246,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     caps = sorted({90, *(int(c) for c in args.arch.split(","))})
     shapes = [s for s in SHAPES if s is HEADLINE or s.name in args.shapes.split(",")]
-    rows = collect(shapes)
-    usage = usages(rows, caps)
+    rows_by_cap = {cap: collect(shapes, cap) for cap in caps}
+    if any(len(rows_by_cap[cap]) != len(rows_by_cap[90]) for cap in caps):
+        raise SystemExit("bench.kernel_report: the ops launch a different number of kernels per architecture")
+    rows = rows_by_cap[90]
+    usage = usages(rows_by_cap)
     print(f"# Kernel report: sm_90 model on {H100.name} ({H100.sms} SMs, {H100.bandwidth_tbs} TB/s)\n")
     print(launch_table(rows, usage), "\n")
     calls, missed = call_table(rows, usage)
     print(calls, "\n")
-    arch, failures = arch_table(rows, usage, caps)
+    arch, failures = arch_table(rows_by_cap, usage, caps)
     print("# Per architecture (registers / spill bytes / shared KB / CTAs per SM; ! = does not fit)\n")
     print(arch, "\n")
     print("# float64 work at the headline against the bandwidth floor (SLOW: float64 takes longer)\n")

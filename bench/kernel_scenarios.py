@@ -52,7 +52,6 @@ class Scenario:
     run: Callable[[dict], object]
     floor_bytes: Callable[[Shape], int]
     fp64_flops: Callable[[Shape], float] = lambda sh: 0.0
-    full_reads: tuple[str, ...] = ()  # inputs the minimal algorithm reads in full
     hot: bool = True  # on the exact-mode hot path (spills fail the report)
     inputs: dict = field(default_factory=dict)
 
@@ -90,21 +89,18 @@ SCENARIOS = [
              _given_bytes),
     Scenario("prune distinct", _base, lambda x: kvtp_kernels.prune(x["tokens"], x["scores"], BETA, **_triton()),
              lambda sh: sh.B * sh.T * sh.N * sh.D * sh.s + sh.B * sh.K * sh.D * sh.s,
-             fp64_flops=lambda sh: 5.0 * sh.B * sh.T * sh.N * sh.D,  # sum, x.mu and |x|^2 per element
-             full_reads=("tokens",)),
+             fp64_flops=lambda sh: 5.0 * sh.B * sh.T * sh.N * sh.D),  # sum, x.mu and |x|^2 per element
     Scenario("prune similarity", _embeds,
              lambda x: kvtp_kernels.prune(x["tokens"], None, BETA, **_triton(
                  token_scores=x["token_scores"], frame_embeds=x["frame_embeds"], query_embeds=x["query_embeds"],
                  logit_scale=4.0, logit_bias=-2.0)),
              lambda sh: _given_bytes(sh) + sh.B * (sh.T + QUERY_CHUNKS) * EMBED_DIM * sh.s,
-             fp64_flops=lambda sh: 6.0 * sh.B * sh.T * QUERY_CHUNKS * EMBED_DIM,
-             full_reads=("frame_embeds", "query_embeds")),
+             fp64_flops=lambda sh: 6.0 * sh.B * sh.T * QUERY_CHUNKS * EMBED_DIM),
     Scenario("prumerge", _keys,
              lambda x: kvtp_kernels.prune(x["tokens"], x["scores"], BETA, **_triton(
                  token_scores=x["token_scores"], method="prumerge", merge_keys=x["merge_keys"])),
              lambda sh: sh.B * sh.T * sh.N * (sh.D * sh.s + EMBED_DIM * sh.s + 4) + sh.B * sh.K * sh.D * sh.s,
-             fp64_flops=lambda sh: 2.0 * sh.B * sh.K * sh.N * EMBED_DIM,  # each kept key against its frame
-             full_reads=("tokens", "merge_keys")),
+             fp64_flops=lambda sh: 2.0 * sh.B * sh.K * sh.N * EMBED_DIM),  # each kept key against its frame
     Scenario("keep_counts exact", _base,
              lambda x: kvtp_kernels.keep_counts(x["scores"], BETA, x["tokens"].shape[2], backend="triton"),
              lambda sh: 4 * sh.B * sh.T * 2),

@@ -28,13 +28,27 @@ _COPY_LOOP = textwrap.dedent("""
 
 
 def test_loads_in_flight_stops_at_the_first_use():
-    # two 16-byte loads and a 2-byte one issue before the store reads %r897; the load after it starts a new run
-    assert km.loads_in_flight(_COPY_LOOP) == 34
+    # two 16-byte loads and a 2-byte one issue before the store reads %r897; the load after it
+    # is not read in its trip, so it stays in flight into the next trip's run: 16 + 34
+    assert km.loads_in_flight(_COPY_LOOP) == 50
+    straight = _COPY_LOOP.replace("$L__BB0_17:", "").replace("bra", "ret;//")
+    assert km.loads_in_flight(straight) == 34  # no loop: one pass
+
+
+def test_loads_in_flight_renames_and_barriers():
+    body = ("$L__BB0_3:\n\tld.global.v4.b32 { %r1, %r2, %r3, %r4 }, [ %rd1 + 0 ];\n"
+            "\tmov.b32 \t{%rs1, %rs2}, %r1;\n\tbar.sync \t0;\n"
+            "\tld.global.v4.b32 { %r5, %r6, %r7, %r8 }, [ %rd2 + 0 ];\n")
+    # the mov renames the loaded value and the barrier waits for no load: one run of 32 bytes per
+    # trip, carried twice (the loaded values are never read in the loop)
+    assert km.loads_in_flight(body + "\t@%p1 bra \t$L__BB0_3;\n") == 32
+    used = body + "\tcvt.f32.bf16 \t%f1, %rs1;\n\t@%p1 bra \t$L__BB0_3;\n"
+    assert km.loads_in_flight(used) == 32  # the first trip's values are read in it: the run ends there
 
 
 def test_loads_in_flight_picks_the_streaming_loop():
     small_loop = "$L__BB0_2:\n\tld.global.b32 { %r1 }, [ %rd1 + 0 ];\n\t@%p1 bra \t$L__BB0_2;\n"
-    assert km.loads_in_flight(small_loop + _COPY_LOOP) == 34
+    assert km.loads_in_flight(small_loop + _COPY_LOOP) == 50  # the copy loop, not the small one
     assert km.loads_in_flight(small_loop) == 4
     cp_async = "\tcp.async.cg.shared.global [ %r1 + 0 ], [ %rd2 + 0 ], 0x8, %r3;\n" * 3 + "\tcp.async.wait_group 0;\n"
     assert km.loads_in_flight(cp_async) == 24
@@ -105,6 +119,17 @@ def test_record_and_compile_a_launch():
             assert launch.ctas >= 1 and launch.num_warps >= 1, launch
             usage = km.compiled_usage(compile_launch(launch, 90), 90)
             assert 0 < usage.registers <= 255, usage
+        # what each launch moves is the kernel's own model: the token tensor passed to the plan
+        # launch is not read with given token scores, the copy reads the kept rows only
+        from bench.kernel_report import traffic_of
+        plan, select, copy = (traffic_of(launch) for launch in rec.launches)
+        assert plan.read == 4 * 4 and plan.written == 4 * 4 + 5 * 4 + 2 * 4, plan  # scores; counts, offsets
+        assert select.read == 2 * 4 * 4 + 4 * 7 * 4 and select.written == 14 * 8, select
+        assert copy.read == 14 * 8 + 14 * 64 * 2 and copy.written == 14 * 64 * 2, copy
+        with record() as rec:
+            kvtp_kernels.prune(tokens, torch.randn(1, 4), 0.5, backend="triton")
+        plan = traffic_of(rec.launches[0])
+        assert plan.read == 4 * 4 + tokens.numel() * 2, plan  # distinctiveness: every token once
         print("recorded", len(rec.launches))
     """)
     env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=ROOT)

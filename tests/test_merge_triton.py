@@ -397,7 +397,8 @@ _COMPILE_FOR_SM90 = textwrap.dedent("""
         assert spills and not any(spills), report
         select = kernel.fn.__name__ == "_merge_select_kernel"
         dmma = len(re.findall(r"mma\\.sync\\.aligned\\.m8n8k4[^\\n]*f64", ptx))
-        assert (dmma > 0) == select, dmma
+        # Triton < 3.7 lowers the float64 tl.dot to FMAs on sm_90 (no DMMA; mt.select_warps gives it 8 warps)
+        assert (dmma > 0) == (select and not mt._TRITON_BEFORE_3_7), dmma
         accesses = triton_kernel_wrap.identify_accessed_tensors(kernel, dict(values), {})
         written = ["neighbors_ptr", "coefs_ptr", "merging_ptr"] if select else ["out_ptr"]
         assert sorted(dep.name for dep in accesses.read_writes.writes) == sorted(written), accesses.read_writes.writes

@@ -11,8 +11,9 @@ last: the order of ``reference.rank_ref``) are folded into it:
 Two launches per call (one when ``num_neighbors == 0``), no host sync:
 
 A. ``_merge_select_kernel``, grid ``(B*T, P)``: program ``(f, p)`` takes the blocks p, p + P,
-   p + 2P, ... of ROWS kept rows of frame f (16 warps); P = ``cdiv(N, ROWS)`` (on a GPU:
-   one block per program). Each program
+   p + 2P, ... of ROWS kept rows of frame f (16 warps; 8 without float64 MMA or with
+   Triton < 3.7: ``select_warps``); P = ``cdiv(N, ROWS)`` (on a GPU: one block per
+   program). Each program
 
    1. finds its frame's rows ``[row_begin, row_end)`` of ``indices`` on the device: the
       lower bounds of ``f*N`` and ``(f+1)*N`` in the sorted ``indices``, by a SEARCH-ary
@@ -85,6 +86,7 @@ import triton
 import triton.language as tl
 
 from .. import _opchecks, reference
+from . import _traffic
 
 _NORM_EPS = tl.constexpr(reference.NORM_EPS)
 
@@ -106,6 +108,15 @@ _GPU_ROWS = 16
 _GPU_SEARCH = 256  # probes per step of the row-range search: 2 steps up to 65536 kept rows
 _MIN_DOT = 16  # smallest K of a float64 tl.dot on every Triton 3.x (3.8 allows 4)
 _NUM_WARPS_SELECT = 16
+# GPUs without float64 MMA (sm_86, sm_89, sm_120: tl.dot in float64 becomes FMAs on
+# register tiles) need more registers per thread for the same tiles: 16 warps (128
+# registers at most) spilled 656 bytes on sm_89; 8 warps take ~200 registers and none.
+# Triton before 3.7 (the lent GPU machines run 3.6) lowers the float64 tl.dot to FMAs on
+# every GPU (no DMMA in its PTX for sm_90): 16 warps spilled 128 bytes on sm_90 there,
+# 8 warps fit (255 registers).
+_NUM_WARPS_SELECT_NO_DMMA = 8
+_DMMA_CAPABILITIES = (80, 90, 100, 103)
+_TRITON_BEFORE_3_7 = tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 7)
 # The rows kernel: 4 warps, 8 kept rows (2 per warp); a lane loads 16 bytes of a row per
 # neighbour (BLOCK_D = 32 x 16 bytes / _GPU_ROWS_LANE_DIVISOR). 8 consecutive rows mostly
 # share a frame, so their neighbours' rows are read from L2 once per CTA and then hit L1.
@@ -378,7 +389,36 @@ def _fit(budget: int, block: int, size: int, lo: int = 1) -> int:
     return max(lo, min(_pow2(size, lo=1), triton.next_power_of_2(max(budget // block, 1) + 1) // 2))
 
 
-def _select_blocks(R: int, N: int, Dk: int, num_neighbors: int) -> dict:
+def select_warps(capability: int | None) -> int:
+    """Warps of ``_merge_select_kernel`` for a GPU of compute capability ``capability``
+    (major * 10 + minor; None: not known, e.g. the interpreter) with this Triton: 16 where
+    float64 MMA exists (sm_80, sm_90, sm_100), 8 elsewhere and with Triton < 3.7, so that
+    the kernel does not spill (``bench.kernel_report`` compiles what this returns)."""
+    if capability is None or (capability in _DMMA_CAPABILITIES and not _TRITON_BEFORE_3_7):
+        return _NUM_WARPS_SELECT
+    return _NUM_WARPS_SELECT_NO_DMMA
+
+
+def _target_capability(device: torch.device) -> int | None:
+    """Compute capability the kernels are launched (or, offline, compiled) for.
+
+    CUDA tensors: their device's. The interpreter: None. Otherwise (CPU tensors with the
+    interpreter off: an offline compile such as ``bench.kernel_report``, which installs a
+    stand-in driver naming a capability): Triton's active target.
+    """
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return 10 * major + minor
+    if _INTERPRETING:
+        return None
+    try:
+        target = triton.runtime.driver.active.get_current_target()
+    except Exception:  # no driver at all: the defaults
+        return None
+    return int(target.arch) if isinstance(target.arch, int) else None
+
+
+def _select_blocks(R: int, N: int, Dk: int, num_neighbors: int, num_warps: int = _NUM_WARPS_SELECT) -> dict:
     """Tile sizes of ``_merge_select_kernel`` (see ``_GPU_*``); the interpreter gets big ones."""
     block_n = _pow2(N)
     if _INTERPRETING:
@@ -386,7 +426,7 @@ def _select_blocks(R: int, N: int, Dk: int, num_neighbors: int) -> dict:
         compare = 2 * _INTERPRETER_TILE  # 8 key bits per step at N <= 32
         rows = block_n  # every kept row of a frame in one program
     else:
-        threads = 32 * _NUM_WARPS_SELECT
+        threads = 32 * num_warps
         f64 = _GPU_F64_PER_THREAD * threads
         compare = _GPU_COMPARE_PER_THREAD * threads
         search = _GPU_SEARCH
@@ -471,7 +511,8 @@ def merge_neighbors_triton(
     coefs = torch.empty((R, max(M, 1)), dtype=torch.float64 if acc_f64 else torch.float32, device=device)
     merging = torch.empty((R,), dtype=torch.int32, device=device)
     if M > 0:
-        blocks = _select_blocks(R, N, Dk, M)
+        num_warps = select_warps(_target_capability(device))
+        blocks = _select_blocks(R, N, Dk, M, num_warps)
         # P = cdiv(N, ROWS) programs per frame, one per block a frame can have: KVTP's counts
         # range from 0 to N per frame, and a frame keeping N rows would otherwise run its
         # blocks one after the other (at 16 x 256 x 3584 float64 MACs, ~58 us each at an
@@ -484,7 +525,7 @@ def merge_neighbors_triton(
             neighbors, coefs, merging,
             T, N, Dk, R, M,
             MEAN=bool(mean), COEF_F64=acc_f64,
-            num_warps=_NUM_WARPS_SELECT, **blocks,
+            num_warps=num_warps, **blocks,
         )
     # 2. the merged rows, a warp per row, spread over the whole GPU
     blocks = _rows_blocks(R, D, tokens.element_size())
@@ -499,3 +540,70 @@ def merge_neighbors_triton(
         num_warps=_NUM_WARPS_ROWS, **blocks,
     )
     return out
+
+
+# ----------------------------------------------------------------------------------
+# Traffic of each launch (kvtp_kernels.kernels._traffic; read by bench.kernel_report)
+# ----------------------------------------------------------------------------------
+def _search_steps(R: int, search: int) -> int:
+    """Loop trips of step 1's row-range search (each one dependent round trip)."""
+    steps, width = 0, R
+    while width > 0:
+        width = _traffic.cdiv(width, search) - 1
+        steps += 1
+    return steps
+
+
+def _select_traffic(v: dict, grid: tuple) -> _traffic.Traffic:
+    """``_merge_select_kernel``: blocks of ROWS kept rows against all N keys of their frame.
+
+    Which frame keeps how many rows is device data: the model takes ``R / ROWS`` full
+    blocks plus half a block of padding per frame (capped at the grid). A block reads its
+    frame's N keys (BLOCK_N x Dk float64 MMA work per row) and its rows' keys; DRAM sees
+    every key once (the blocks of a frame share them in L2, the rest is ``l2_read``), the
+    weights of the neighbours (at most the frame's N), the indices and, per program, the
+    search probes (2 x SEARCH int64 per step, L2). Writes R x M neighbour tokens (int32)
+    and coefficients, and R flags. Not modelled: the integer work of the 64-step
+    bisection and the list (compare-and-count over [ROWS, BLOCK_N] tiles per step).
+    """
+    frames, programs = int(grid[0]), int(grid[0]) * int(grid[1])
+    N, Dk, R, M, rows = v["N"], v["Dk"], v["R"], v["num_neighbors"], v["ROWS"]
+    ks, ws = v["keys_ptr"].element_size(), v["weights_ptr"].element_size()
+    blocks = min(programs, _traffic.cdiv(R, rows) + frames * (rows - 1) // (2 * rows))
+    steps = _search_steps(R, v["SEARCH"])
+    keys = frames * N * Dk * ks
+    read = keys + R * 8 + min(R * M, frames * N) * ws
+    l2 = blocks * (N + rows) * Dk * ks - keys + programs * steps * 2 * v["SEARCH"] * 8
+    dk = _traffic.cdiv(Dk, v["BLOCK_K"]) * v["BLOCK_K"]
+    return _traffic.Traffic(read=read, written=R * M * (4 + v["coefs_ptr"].element_size()) + R * 4,
+                            l2_read=max(l2, 0), prologue_trips=steps + 2,
+                            fp64=2.0 * blocks * v["BLOCK_N"] * Dk + 4.0 * blocks * rows * v["BLOCK_N"],
+                            fp64_mma=2.0 * blocks * rows * v["BLOCK_N"] * dk)
+
+
+def _rows_traffic(v: dict, grid: tuple) -> _traffic.Traffic:
+    """``_merge_rows_kernel``: each kept row, its M neighbour rows and their coefficients.
+
+    DRAM: a token row at most once (the kept rows and their neighbours lie in the kept
+    rows' frames: at most ``num_rows`` = B*T*N rows, at most R x (M + 1)), the lists and
+    the indices once, R output rows. L2: a CTA's ROWS rows share their frame's rows, so it
+    loads at most min(ROWS x M, N) distinct neighbour rows per column tile (L1 serves the
+    rest), and every column tile re-reads the rows' indices and lists. Two dependent round
+    trips (index and list, then the rows). float64 work only for float32/float64 tokens.
+    """
+    R, M, D, es = v["R"], v["num_neighbors"], v["D"], v["tokens_ptr"].element_size()
+    lists = R * 8 + (R * M * (4 + v["coefs_ptr"].element_size()) + (R * 4 if v["MEAN"] else 0)
+                     if v["HAS_NEIGHBORS"] else 0)
+    if v["HAS_NEIGHBORS"]:
+        token_rows = min(v["num_rows"], R * (M + 1))
+        l2_rows = int(grid[0]) * min(v["ROWS"] * M, v["N"]) * D * es
+    else:
+        token_rows, l2_rows = R, 0
+    read = token_rows * D * es + lists
+    l2 = max(l2_rows - (token_rows - R) * D * es, 0) + (int(grid[1]) - 1) * lists
+    fp64 = 3.0 * R * M * D if v["HAS_NEIGHBORS"] and v["ACC_F64"] else 0.0
+    return _traffic.Traffic(read=read, written=R * D * v["out_ptr"].element_size(), l2_read=l2,
+                            prologue_trips=2, fp64=fp64)
+
+
+TRAFFIC = {"_merge_select_kernel": _select_traffic, "_merge_rows_kernel": _rows_traffic}

@@ -52,6 +52,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from .. import _opchecks, reference
+from . import _traffic
 
 # Kernels may read module globals only as constexprs. Both are float64 values, so they
 # enter the kernels through tl.full(..., tl.float64) (a bare float literal is fp32).
@@ -76,6 +77,9 @@ _EXPLICIT_RN = tl.constexpr(not _INTERPRETING)
 # the distinctiveness programs (the launch's register count is the larger of the two roles)
 _GPU_EMBED_PER_THREAD = 32
 _GPU_EMBED_PER_THREAD_SHARED = 16
+# long videos (16-warp plan launch, [BLOCK_T] float64 vectors of the allocation live
+# beside the tile): 32 spilled ~600 bytes at T = 1024 on every architecture, 16 does not
+_GPU_EMBED_PER_THREAD_LONG = 16
 _GPU_DISTINCT_PER_THREAD = 16  # distinctiveness chunk [BLOCK_N, BLOCK_D] (native dtype, widened per element)
 _GPU_COMPARE_PER_THREAD = 4  # g(lam) [BLOCK_T, 2, CHUNK_T], ranks [BLOCK_T, CHUNK_T], [BLOCK_N, CHUNK_N]
 _GPU_COPY_BYTES_PER_THREAD = 128  # copy tile: 8 loads of 16 bytes in flight per thread
@@ -585,6 +589,8 @@ def _frame_blocks(T: int, E: int, embed_size: int, with_distinct: bool = False) 
     block_t = _pow2(T)
     compare = _per_thread(_GPU_COMPARE_PER_THREAD, _plan_warps(T))
     embed = _GPU_EMBED_PER_THREAD_SHARED if with_distinct else _GPU_EMBED_PER_THREAD
+    if _plan_warps(T) == _NUM_WARPS_PLAN_LONG:
+        embed = min(embed, _GPU_EMBED_PER_THREAD_LONG)
     block_e = _fit(_per_thread(embed, _plan_warps(T)), block_t, E)
     return dict(
         BLOCK_T=block_t,
@@ -767,3 +773,90 @@ def prune_tokens_triton(
             FLAT_ROWS=flat_rows, num_warps=_NUM_WARPS_COPY, **blocks,
         )
     return packed, indices, counts, cu_seqlens, frame_cu_seqlens
+
+
+# ----------------------------------------------------------------------------------
+# Traffic of each launch (kvtp_kernels.kernels._traffic; read by bench.kernel_report)
+# ----------------------------------------------------------------------------------
+def _video_fp64_ops(v: dict) -> float:
+    """float64 operations of one per-video program of ``_plan_kernel`` (padded lanes included).
+
+    Frame logits from embeddings: 4 per frame-embedding element and query chunk (two
+    rounded products, two adds); softmax ~30 per frame; exact allocation: the g(lam) sweep
+    (2 BLOCK_T candidates x BLOCK_T frames x 5: product, clamp, select, add) and the
+    remainder ranks (BLOCK_T^2 x 4); paper allocation ~5 per frame.
+    """
+    block_t = v["BLOCK_T"]
+    ops = 30.0 * block_t
+    if v["FROM_EMBEDS"]:
+        ops += 4.0 * v["C"] * block_t * v["E"] + 2.0 * v["C"] * v["E"]
+    if not v["COUNTS_GIVEN"]:
+        ops += 5.0 * block_t if v["PAPER"] else 14.0 * block_t * block_t
+    return ops
+
+
+def _plan_traffic(v: dict, grid: tuple) -> _traffic.Traffic:
+    """``_plan_kernel``: B per-video programs (serial, one SM each) and the distinctiveness programs.
+
+    Per video: its T frame scores (or C passes over its T x E frame embeddings and the C
+    query rows, or its given counts: with WRITE_OFFSETS also every earlier video's, one
+    BLOCK_F chunk per loop trip); writes T counts and, with WRITE_OFFSETS, T + 1 frame
+    offsets and its video offset. The token tensor is read only by the DISTINCT programs:
+    every token once (B*T*N*D elements; each program its frame's N rows of one slice of
+    D), and each writes its (2N + 1) float64 partial sums.
+    """
+    B, T, N, D = v["B"], v["T"], v["N"], v["D"]
+    if v["COUNTS_GIVEN"]:
+        es = v["counts_in_ptr"].element_size()
+        per_video = T * es + ((B - 1) * T * es if v["WRITE_OFFSETS"] else 0)
+        total = B * T * es + ((B * (B - 1) // 2) * T * es if v["WRITE_OFFSETS"] else 0)
+        trips = 1 + (_traffic.cdiv((B - 1) * T, v["BLOCK_F"]) if v["WRITE_OFFSETS"] else 0)
+        unique = B * T * es
+    elif v["FROM_EMBEDS"]:
+        E, C = v["E"], v["C"]
+        frames, queries = v["frame_ptr"].element_size(), v["query_ptr"].element_size()
+        per_video = C * (T * E * frames + E * queries) + 8 * (v["HAS_SCALE"] + v["HAS_BIAS"])
+        total = B * per_video
+        trips = C  # each query chunk's pipeline over E starts with a round trip
+        unique = B * (T + C) * E * frames
+    else:
+        es = v["scores_ptr"].element_size()
+        per_video = T * es
+        total = B * T * es
+        trips = 1
+        unique = total
+    written = B * T * 4 + (((B * T + 1) + (B + 1)) * 4 if v["WRITE_OFFSETS"] else 0)
+    read, fp64 = unique, 0.0
+    if v["DISTINCT"]:
+        programs = max(int(grid[0]) - B, 0)
+        read += B * T * N * D * v["tokens_ptr"].element_size()
+        written += programs * (2 * N + 1) * 8
+        fp64 = 5.0 * B * T * v["BLOCK_N"] * D  # column sum, x*mu and x*x rounded and added
+    return _traffic.Traffic(read=read, written=written, l2_read=total - unique, serial_read=per_video,
+                            serial_trips=trips, serial_fp64=_video_fp64_ops(v), fp64=fp64)
+
+
+def _select_traffic(v: dict, grid: tuple) -> _traffic.Traffic:
+    """``_select_kernel``: per frame its count and first row, then its N token scores (given:
+    N elements of ``token_scores``; distinctiveness: S x (2N + 1) float64 partial sums,
+    the token tensor is a placeholder and not read); writes one int64 index per kept row
+    (``total_rows`` in all). The loads are independent: one round trip, then the ranks
+    (BLOCK_N^2 x 2 float64 comparisons per frame)."""
+    frames, N = int(grid[0]), v["N"]
+    read = 2 * frames * 4
+    if v["HAS_TOKEN_SCORES"]:
+        read += frames * N * v["token_scores_ptr"].element_size()
+    else:
+        read += frames * v["num_splits"] * (2 * N + 1) * 8
+    return _traffic.Traffic(read=read, written=v["total_rows"] * 8, prologue_trips=1,
+                            fp64=2.0 * frames * v["BLOCK_N"] ** 2)
+
+
+def _copy_traffic(v: dict, grid: tuple) -> _traffic.Traffic:
+    """``_copy_rows_kernel``: the ``total_rows`` kept rows, read once and written once, and
+    their int64 indices (one round trip before a program's row loads can issue)."""
+    rows, row_bytes = v["total_rows"], v["D"] * v["packed_ptr"].element_size()
+    return _traffic.Traffic(read=rows * 8 + rows * row_bytes, written=rows * row_bytes, prologue_trips=1)
+
+
+TRAFFIC = {"_plan_kernel": _plan_traffic, "_select_kernel": _select_traffic, "_copy_rows_kernel": _copy_traffic}
