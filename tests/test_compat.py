@@ -145,3 +145,39 @@ def test_with_sequences():
     out = GenerateDecoderOnlyOutput(sequences=torch.zeros(2, 1, dtype=torch.long), scores=(torch.randn(2, 5),))
     new = _compat.with_sequences(out, seq)
     assert new.sequences is seq and new.scores is out.scores and out.sequences.shape == (2, 1)
+
+
+# ----------------------------------------------------------------------------------
+# Qwen3-VL deepstack layout: one tensor per level (5.17) or a tuple per video (5.18.0 on)
+# ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("split", [False, True], ids=["5.17 tensor per level", "5.18 tuple per video"])
+def test_deepstack_levels_and_layout_round_trip(split):
+    videos = [[torch.randn(3, 4), torch.randn(5, 4)], [torch.randn(3, 4), torch.randn(5, 4)]]  # 2 levels x 2 videos
+    features = [tuple(level) if split else torch.cat(level) for level in videos]
+    levels = _compat.deepstack_levels(features)
+    assert [lvl.shape for lvl in levels] == [(8, 4), (8, 4)]
+    torch.testing.assert_close(levels[1], torch.cat(videos[1]), rtol=0, atol=0)
+    rebuilt = _compat.deepstack_like(features, videos)
+    assert isinstance(rebuilt[0], tuple) == split
+    for got, want in zip(rebuilt, features):
+        torch.testing.assert_close(torch.cat(list(got)) if split else got,
+                                   torch.cat(list(want)) if split else want, rtol=0, atol=0)
+
+
+def test_deepstack_layout_of_the_installed_release():
+    model = tiny_models.tiny_qwen_model("qwen3_vl")
+    grids = [(2, 4, 4), (1, 4, 6)]
+    with torch.no_grad():
+        out = model.model.get_video_features(tiny_models.qwen_pixels(grids), torch.tensor(grids), return_dict=True)
+    levels = _compat.deepstack_levels(out.deepstack_features)
+    assert [lvl.shape[0] for lvl in levels] == [8 + 6] * 2
+    rebuilt = _compat.deepstack_like(out.deepstack_features, [list(lvl.split([8, 6])) for lvl in levels])
+    assert isinstance(rebuilt[0], tuple) == isinstance(out.deepstack_features[0], (list, tuple))
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 5), (12, 5)], ids=["to 5.20 [T, N, D]", "5.21 [T*N, D]"])
+def test_frames_by_tokens(shape):
+    rows = torch.arange(60.0).reshape(shape)
+    out = _compat.frames_by_tokens(rows, 3)
+    assert out.shape == (3, 4, 5)
+    torch.testing.assert_close(out.reshape(-1), torch.arange(60.0), rtol=0, atol=0)

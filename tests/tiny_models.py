@@ -151,3 +151,107 @@ def write_jsonl(path, rows) -> str:
 def read_jsonl(path) -> list[dict]:
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+# ----------------------------------------------------------------------------------
+# The Qwen-VL family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): video in 2-frame temporal patches
+# ----------------------------------------------------------------------------------
+#: Token ids of the tiny Qwen-VL vocabulary (beside PAD/EOS/BOS and the words).
+QWEN_IDS = {"image_token_id": 122, "video_token_id": 123, "vision_start_token_id": 124, "vision_end_token_id": 125}
+QWEN_PATCH = 2  # pixels per patch side; a video's grid (t, h, w) gives t temporal patches of (h/2)*(w/2) tokens
+QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+
+def tiny_qwen_config(family: str):
+    """Hidden 64, 2 LLM layers (GQA 4/2 heads, head 16, M-RoPE sections 2/3/3), a 2-layer vision tower."""
+    text = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=512, pad_token_id=PAD, eos_token_id=EOS,
+                bos_token_id=BOS, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                   "mrope_section": [2, 3, 3]})
+    vision = dict(depth=2, num_heads=2, in_channels=3, patch_size=QWEN_PATCH, spatial_merge_size=2,
+                  temporal_patch_size=2)
+    if family == "qwen2_vl":
+        vision.update(embed_dim=32, hidden_size=64, mlp_ratio=2)
+        return transformers.Qwen2VLConfig(text_config=text, vision_config=vision, **QWEN_IDS)
+    if family == "qwen2_5_vl":
+        vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=64, window_size=4,
+                      fullatt_block_indexes=[1], tokens_per_second=2)
+        return transformers.Qwen2_5_VLConfig(text_config=text, vision_config=vision, **QWEN_IDS)
+    if family == "qwen3_vl":
+        text.update(head_dim=16)
+        text["rope_parameters"]["mrope_interleaved"] = True
+        vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=64, num_position_embeddings=64,
+                      deepstack_visual_indexes=[0, 1])
+        return transformers.Qwen3VLConfig(text_config=text, vision_config=vision, **QWEN_IDS)
+    raise ValueError(f"unknown family {family!r}")
+
+
+def tiny_qwen_model(family: str, seed: int = 0):
+    """A random Qwen-VL model of `family` (one of QWEN_FAMILIES) in eval mode."""
+    torch.manual_seed(seed)
+    config = tiny_qwen_config(family)
+    cls = {"qwen2_vl": transformers.Qwen2VLForConditionalGeneration,
+           "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration,
+           "qwen3_vl": transformers.Qwen3VLForConditionalGeneration}[family]
+    return cls(config).eval()
+
+
+def qwen_pixels(grid_thw, seed: int = 0) -> torch.Tensor:
+    """Random flattened patches [sum t*h*w, 3*2*p*p] for the (t, h, w) grids, as the processor returns."""
+    g = torch.Generator().manual_seed(seed)
+    rows = sum(t * h * w for t, h, w in grid_thw)
+    return torch.randn(rows, 3 * 2 * QWEN_PATCH * QWEN_PATCH, generator=g)
+
+
+def qwen_video_span(family: str, t: int, h: int, w: int, timestamps=(4, 5)) -> list[int]:
+    """The placeholder tokens of one video: Qwen2/2.5-VL one span; Qwen3-VL a timestamp + span per temporal patch."""
+    n = (h // 2) * (w // 2)
+    start, end, video = QWEN_IDS["vision_start_token_id"], QWEN_IDS["vision_end_token_id"], QWEN_IDS["video_token_id"]
+    if family != "qwen3_vl":
+        return [start, *[video] * (t * n), end]
+    out = []
+    for i in range(t):
+        out += [timestamps[i % len(timestamps)], start, *[video] * n, end]
+    return out
+
+
+def qwen_image_span(h: int, w: int) -> list[int]:
+    n = (h // 2) * (w // 2)
+    return [QWEN_IDS["vision_start_token_id"], *[QWEN_IDS["image_token_id"]] * n, QWEN_IDS["vision_end_token_id"]]
+
+
+def qwen_token_types(input_ids: torch.Tensor) -> torch.Tensor:
+    """mm_token_type_ids as the processor returns them: 0 text, 1 image, 2 video placeholders."""
+    types = torch.zeros_like(input_ids, dtype=torch.int32)
+    types[input_ids == QWEN_IDS["image_token_id"]] = 1
+    types[input_ids == QWEN_IDS["video_token_id"]] = 2
+    return types
+
+
+# ----------------------------------------------------------------------------------
+# LLaVA-NeXT-Video: the LlavaOnevision's Qwen2 text and SigLIP vision, frames pooled 2x2 (16 tokens)
+# ----------------------------------------------------------------------------------
+def tiny_llava_next_video_model(seed: int = 0):
+    """A random LlavaNextVideoForConditionalGeneration in eval mode: N = 16 tokens per 64 px frame, no newline."""
+    torch.manual_seed(seed)
+    base = tiny_llava_config(max_position_embeddings=512, image_grid_pinpoints=[[SIZE, SIZE]])
+    config = transformers.LlavaNextVideoConfig(
+        text_config=base.text_config.to_dict(), vision_config=base.vision_config.to_dict(), image_token_id=IMAGE,
+        video_token_id=VIDEO, vision_feature_layer=-1, vision_feature_select_strategy="full",
+        spatial_pool_stride=2, spatial_pool_mode="average", image_grid_pinpoints=[[SIZE, SIZE]])
+    return transformers.LlavaNextVideoForConditionalGeneration(config).eval()
+
+
+def save_tiny_family_model(path, family: str, chat_template: str | None = CHAT_TEMPLATE) -> str:
+    """A saved tiny model of `family` ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_next_video") + its tokenizer."""
+    model = tiny_llava_next_video_model() if family == "llava_next_video" else tiny_qwen_model(family)
+    model.save_pretrained(path)
+    llm_tokenizer(chat_template).save_pretrained(path)
+    return str(path)
+
+
+def video_pixel_values_for_tests(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 [T, H, W, 3] -> [1, T, 3, SIZE, SIZE] pixel values (SigLIP's 0.5 / 0.5) for the tiny LLaVA models."""
+    from kvtp_kernels.integrations import video_pixel_values
+
+    return video_pixel_values(frames, SIZE)[None]

@@ -40,7 +40,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import math
 import os
 import statistics
 import sys
@@ -178,22 +177,25 @@ class VideoModel:
     pad_token_id: int
     device: torch.device
     dtype: torch.dtype
+    inputs: Any = None  # the family's input builder (video_inputs.py)
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any, *, pixel_mean=DEFAULT_MEAN_STD[0],
                    pixel_std=DEFAULT_MEAN_STD[1]) -> VideoModel:
         """Wrap an already built model (e.g. a tiny random one)."""
         vision = model.config.vision_config
-        grid = math.ceil((vision.image_size // vision.patch_size) / 2)
         pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
         if pad is None:
             pad = getattr(model.config.get_text_config(), "pad_token_id", None)
         if pad is None and tokenizer is not None:
             pad = getattr(tokenizer, "eos_token_id", None)
         parameter = next(model.parameters())
-        return cls(model, tokenizer, int(vision.image_size), grid * grid, tuple(pixel_mean), tuple(pixel_std),
-                   int(model.config.video_token_id), int(pad if pad is not None else 0), parameter.device,
-                   parameter.dtype)
+        from .video_inputs import video_inputs_for
+
+        inputs = video_inputs_for(model, pixel_mean, pixel_std)
+        return cls(model, tokenizer, int(getattr(vision, "image_size", 0)), inputs.tokens_per_frame or 0,
+                   tuple(pixel_mean), tuple(pixel_std), int(model.config.video_token_id),
+                   int(pad if pad is not None else 0), parameter.device, parameter.dtype, inputs)
 
     def placeholders(self, num_frames: int) -> int:
         """Video placeholder tokens for T frames: T*N + 1 (HF appends one newline per video)."""
@@ -207,9 +209,20 @@ class VideoModel:
         return torch.stack(pixels).to(device=self.device, dtype=self.dtype)
 
 
+#: ``config.model_type`` -> the class ``kvtp eval`` / ``kvtp demo`` load (the classes apply_kvtp supports).
+MODEL_CLASSES = {
+    "llava_onevision": "LlavaOnevisionForConditionalGeneration",
+    "llava_next_video": "LlavaNextVideoForConditionalGeneration",
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
+}
+
+
 def load_video_model(name_or_path: str, *, device: torch.device, dtype: torch.dtype,
                      attn_implementation: str | None = None) -> VideoModel:
-    """Load a LlavaOnevision checkpoint (hub name or directory) and its tokenizer with ``from_pretrained``.
+    """Load a checkpoint of a supported family (hub name or directory; the class chosen by its config's
+    ``model_type``, :data:`MODEL_CLASSES`) and its tokenizer with ``from_pretrained``.
 
     Raises:
         EvalError: not found, not a llava_onevision model, no tokenizer.
@@ -219,14 +232,14 @@ def load_video_model(name_or_path: str, *, device: torch.device, dtype: torch.dt
         config = transformers.AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as exc:
         raise EvalError(f"--model {name_or_path!r}: cannot load its config ({exc})") from exc
-    if config.model_type != "llava_onevision":
+    if config.model_type not in MODEL_CLASSES:
         raise EvalError(f"--model {name_or_path!r} is a {config.model_type!r} model; KVTP's HF integration supports "
-                        "LlavaOnevisionForConditionalGeneration (LLaVA-Video, LLaVA-OneVision in HF format)")
+                        f"{', '.join(MODEL_CLASSES.values())} (model types {', '.join(MODEL_CLASSES)})")
     kwargs: dict[str, Any] = {"dtype": dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        model = transformers.LlavaOnevisionForConditionalGeneration.from_pretrained(name_or_path, **kwargs)
+        model = getattr(transformers, MODEL_CLASSES[config.model_type]).from_pretrained(name_or_path, **kwargs)
         tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as exc:
         raise EvalError(f"--model {name_or_path!r}: cannot load the model or its tokenizer ({exc})") from exc
@@ -498,6 +511,7 @@ class Evaluator:
         self.predictor = predictor
         self.prompts = PromptBuilder(video_model.tokenizer, settings.prompt_format, chat_template)
         self.warmup = warmup
+        self._stamps: dict[str, list[float]] = {}  # sample id -> its frames' times (Qwen-VL timestamps)
         self._letters: list[list[int]] = []
 
     def _letter_ids(self, count: int) -> list[list[int]]:
@@ -506,7 +520,7 @@ class Evaluator:
         return self._letters[:count]
 
     # ------------------------------------------------------------------ one forward per mode
-    def _forward(self, mode: str, ids: torch.Tensor, mask: torch.Tensor, pixels: torch.Tensor,
+    def _forward(self, mode: str, ids: torch.Tensor, mask: torch.Tensor, video: dict[str, torch.Tensor],
                  queries: list[str], frames: list[torch.Tensor]) -> tuple[torch.Tensor, Any, float]:
         """-> (last-position logits float32 [B, vocab], KVTPStats or None, seconds)."""
         from ..integrations import apply_kvtp, remove_kvtp
@@ -514,15 +528,17 @@ class Evaluator:
         model = self.vm.model
         extra: dict[str, Any] = {}
         if mode == "kvtp":
-            apply_kvtp(model, predictor=self.predictor, **self.settings.kvtp_kwargs())
+            kwargs = self.settings.kvtp_kwargs()
+            if model.config.model_type != "llava_onevision" and kwargs["layout"] == "video":
+                kwargs["layout"] = None  # the default newline layout is LLaVA-OneVision's; the others have none
+            apply_kvtp(model, predictor=self.predictor, **kwargs)
             if self.predictor is not None:
                 extra = {"kvtp_query": queries, "kvtp_frames": frames}
         try:
             _synchronize(self.vm.device)
             start = time.perf_counter()
             with torch.inference_mode():
-                out = model(input_ids=ids, attention_mask=mask, pixel_values_videos=pixels, logits_to_keep=1,
-                            use_cache=False, **extra)
+                out = model(input_ids=ids, attention_mask=mask, **video, logits_to_keep=1, use_cache=False, **extra)
             _synchronize(self.vm.device)
             seconds = time.perf_counter() - start
             stats = model.kvtp_stats if mode == "kvtp" else None
@@ -535,17 +551,18 @@ class Evaluator:
         """Samples whose videos have the same frame count -> their records."""
         vm, settings = self.vm, self.settings
         T = group[0][1].shape[0]
-        span = vm.placeholders(T)
-        rows, letters = [], []
-        for sample, _ in group:
+        rows, letters, spans = [], [], []
+        for sample, frames in group:
             before, after = self.prompts.encode(multiple_choice_text(sample.question, sample.options,
                                                                      settings.instruction))
-            rows.append(before + [vm.video_token_id] * span + after)
+            spans.append(vm.inputs.video_tokens(frames))
+            rows.append(before + vm.inputs.span(frames, self._stamps.get(sample.id), vm.tokenizer) + after)
             letters.append(self._letter_ids(len(sample.options)))
         ids, mask = left_padded(rows, vm.pad_token_id)
         ids, mask = ids.to(vm.device), mask.to(vm.device)
         frames = [f for _, f in group]
-        pixels = vm.pixel_values(frames)
+        pixels = vm.inputs.tensors(frames, ids, [self._stamps.get(s.id) for s, _ in group], device=vm.device,
+                                   dtype=vm.dtype)
         queries = [s.query or s.question for s, _ in group]
         for _ in range(self.warmup):
             for mode in settings.modes:
@@ -556,24 +573,25 @@ class Evaluator:
         lengths = [len(r) for r in rows]
         from ..integrations import prefill_flops, vision_tower_flops
 
-        tower = {"full": vision_tower_flops(vm.model.config.vision_config, T)}
-        tower["kvtp"] = tower["full"] + (vision_tower_flops(self.predictor.siglip.config.vision_config, T)
-                                         if self.predictor is not None else 0)
+        tower = {"full": vm.inputs.tower_flops(T)}  # None: not counted for this family's tower
+        tower["kvtp"] = None if tower["full"] is None else tower["full"] + (
+            vision_tower_flops(self.predictor.siglip.config.vision_config, T) if self.predictor is not None else 0)
         for mode in settings.modes:
             logits, stats, seconds = self._forward(mode, ids, mask, pixels, queries, frames)
             for b, (sample, _) in enumerate(group):
                 scores = [max(float(logits[b, t]) for t in token_ids) for token_ids in letters[b]]
                 predicted = max(range(len(scores)), key=lambda i: (scores[i], -i))
                 if stats is None:
-                    vision, llm, kept = span, lengths[b], None
+                    vision, llm, kept = spans[b], lengths[b], None
                 else:
                     v = stats.sample_to_video[b]
                     vision, llm, kept = stats.video_tokens_after[v], stats.sequence_lengths_after[b], \
                         stats.kept_per_frame[v]
                 result = {"prediction": option_letter(predicted), "correct": predicted == sample.answer,
                           "option_logits": [round(s, 6) for s in scores], "vision_tokens": vision, "llm_tokens": llm,
-                          "prefill_flops": prefill_flops(vm.model.config, llm), "vision_flops": tower[mode],
-                          "latency_s": seconds / len(group)}
+                          "prefill_flops": prefill_flops(vm.model.config, llm), "latency_s": seconds / len(group)}
+                if tower[mode] is not None:
+                    result["vision_flops"] = tower[mode]
                 if kept is not None:
                     result["kept_per_frame"] = kept
                 records[b][mode] = result
@@ -611,7 +629,8 @@ class Evaluator:
                 groups: dict[int, list[tuple[Sample, torch.Tensor]]] = {}
                 for sample in chunk:
                     try:
-                        frames, _ = cache.get(sample.video)
+                        frames, stamps = cache.get(sample.video)
+                        self._stamps[sample.id] = stamps.tolist()
                     except (OSError, VideoDecodeError) as exc:
                         errors.append(SampleError(sample.origin, str(exc), sample.id))
                         bar.update(1)
@@ -671,8 +690,8 @@ def summarize(records: Sequence[dict], modes: Sequence[str] = MODES) -> list[dic
             row["llm_tokens"][mode] = mean([x["llm_tokens"] for x in results])
             row["latency_ms"][mode] = statistics.median(x["latency_s"] * 1e3 for x in results) if results else None
             row["prefill_flops"][mode] = sum(x["prefill_flops"] for x in results) if results else None
-            row["total_flops"][mode] = sum(x["prefill_flops"] + x.get("vision_flops", 0) for x in results) \
-                if results else None
+            row["total_flops"][mode] = sum(x["prefill_flops"] + x["vision_flops"] for x in results) \
+                if results and all("vision_flops" in x for x in results) else None
         for key, ratio in (("prefill_flops", "flops_ratio"), ("total_flops", "total_flops_ratio")):
             full, pruned = row[key].get("full"), row[key].get("kvtp")
             row[ratio] = pruned / full if full and pruned is not None else None

@@ -3,8 +3,12 @@
 - :mod:`.core`: video features [V, T, N, D] + the placeholder mask + the embedded
   prompt -> shortened ``inputs_embeds``, attention mask, position ids and
   accounting (:func:`prune_video_inputs`); how to wire another VLM is in its docstring.
-- :mod:`.llava_onevision`: :func:`apply_kvtp` / :func:`remove_kvtp` for HF's
-  ``LlavaOnevisionForConditionalGeneration`` (LLaVA-Video, LLaVA-OneVision).
+- :mod:`.keep_mask`: the keep-mask path (any placeholder layout, several spans per
+  sample, original positions kept, 1-D or M-RoPE): :func:`prune_to_keep_mask`.
+- :mod:`.dispatch`: :func:`apply_kvtp` / :func:`remove_kvtp`, one entry point for
+  every supported class (:data:`SUPPORTED_MODELS`), one adapter per family:
+  :mod:`.llava_onevision` (LLaVA-Video, LLaVA-OneVision), :mod:`.qwen_vl`
+  (Qwen2-VL, Qwen2.5-VL, Qwen3-VL).
 - :mod:`.flops`: LLM prefill FLOPs from a config and a sequence length.
 
 Nothing here imports transformers at import time; :func:`apply_kvtp` does, and
@@ -25,6 +29,7 @@ from .core import (
     renormalize_pixels,
     video_pixel_values,
 )
+from .dispatch import SUPPORTED_MODELS, apply_kvtp, is_kvtp_applied, remove_kvtp
 from .flops import (
     DecoderShape,
     KVTPFlops,
@@ -34,7 +39,7 @@ from .flops import (
     prefill_flops_ratio,
     vision_tower_flops,
 )
-from .llava_onevision import apply_kvtp, is_kvtp_applied, remove_kvtp
+from .keep_mask import KeepMaskResult, prune_to_keep_mask
 from .recording import collect_stats
 
 __all__ = [
@@ -42,6 +47,7 @@ __all__ = [
     "KVTPFlops",
     "KVTPSettings",
     "KVTPStats",
+    "KeepMaskResult",
     "VideoPlacement",
     "VideoPruneResult",
     "apply_kvtp",
@@ -56,6 +62,8 @@ __all__ = [
     "prefill_flops",
     "prefill_flops_ratio",
     "prune_video_inputs",
+    "SUPPORTED_MODELS",
+    "prune_to_keep_mask",
     "remove_kvtp",
     "renormalize_pixels",
     "video_pixel_values",

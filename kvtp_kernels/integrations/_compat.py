@@ -127,3 +127,26 @@ def with_sequences(output, sequences):
     if isinstance(output, torch.Tensor):
         return sequences
     return dataclasses.replace(output, sequences=sequences)
+
+
+def deepstack_levels(deepstack_features) -> list[torch.Tensor]:
+    """Qwen3-VL's ``deepstack_features`` as one [rows, D] tensor per level (rows of all videos, in order).
+
+    5.18.0 split every level per video (a tuple of [rows_v, D]); 5.17 returns one tensor per level.
+    """
+    return [torch.cat(list(level)) if isinstance(level, (list, tuple)) else level for level in deepstack_features]
+
+
+def deepstack_like(deepstack_features, per_video: list[list[torch.Tensor]]) -> list:
+    """Per level, V tensors [rows_v, D] -> the layout of this release's ``deepstack_features``
+    (a tuple per level from 5.18.0, one concatenated tensor per level in 5.17)."""
+    split = isinstance(deepstack_features[0], (list, tuple))
+    return [tuple(level) if split else torch.cat(level) for level in per_video]
+
+
+def frames_by_tokens(pooled: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """One video's LLaVA-NeXT-Video ``get_video_features`` rows -> [T, N, D].
+
+    Up to 5.20 each video's ``pooler_output`` entry is [T, N, D]; 5.21.0 flattened it to [T*N, D].
+    """
+    return pooled.reshape(num_frames, -1, pooled.shape[-1])

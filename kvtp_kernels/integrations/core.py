@@ -17,6 +17,11 @@ the v-th sample that has a placeholder span (the order in which HF's
 ``masked_scatter`` fills placeholders); samples without a span keep their text
 untouched; one video per sample.
 
+Models whose positions are not the token index (M-RoPE), whose placeholders are split
+(one span per frame) or that take their kept rows through their own encoder call use the
+keep-mask path instead (:func:`.keep_mask.prune_to_keep_mask`, wired by
+:mod:`.keep_mask_adapter` for Qwen-VL and LLaVA-NeXT-Video).
+
 Wiring another VLM (what :mod:`.llava_onevision` does for LLaVA-Video):
 
 1. Find the entry points that fix the sequence length (``forward`` and

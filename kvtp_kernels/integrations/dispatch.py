@@ -1,0 +1,109 @@
+"""``apply_kvtp`` / ``remove_kvtp``: one entry point, one small adapter per model family.
+
+- ``LlavaOnevisionForConditionalGeneration``: :mod:`.llava_onevision` (frame unit 1
+  frame, 1-D positions renumbered 0..L');
+- ``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``,
+  ``Qwen3VLForConditionalGeneration``: :mod:`.qwen_vl` (frame unit one temporal patch
+  of 2 frames, the M-RoPE positions of the unpruned prompt kept);
+- ``LlavaNextVideoForConditionalGeneration``: :mod:`.llava_next_video` (frame unit 1
+  frame, the 1-D positions of the unpruned prompt kept).
+
+The last two share :mod:`.keep_mask_adapter` (the wrappers over the core's keep mask).
+
+Every adapter wraps the instance's ``forward`` and ``generate`` and records what it
+replaced, so :func:`remove_kvtp` restores the instance exactly, whatever the family.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._compat import require_transformers
+from .core import KVTPSettings
+from .keep_mask_adapter import install as _install_keep_mask
+from .llava_next_video import LLAVA_NEXT_VIDEO_CLASSES, LlavaNextVideo
+from .llava_onevision import _from_processor, is_kvtp_applied, remove_kvtp
+from .llava_onevision import apply_kvtp as _apply_llava_onevision
+from .qwen_vl import QWEN_VL_CLASSES, QwenVL
+
+__all__ = ["SUPPORTED_MODELS", "apply_kvtp", "is_kvtp_applied", "remove_kvtp"]
+
+#: The model classes apply_kvtp accepts (names in transformers).
+SUPPORTED_MODELS = ("LlavaOnevisionForConditionalGeneration", *QWEN_VL_CLASSES, *LLAVA_NEXT_VIDEO_CLASSES)
+_PATCHED_METHODS = ("forward", "generate")
+
+
+def _family(transformers: Any, model: Any) -> str | None:
+    for name in SUPPORTED_MODELS:
+        cls = getattr(transformers, name, None)
+        if cls is not None and isinstance(model, cls):
+            return name
+    return None
+
+
+def apply_kvtp(
+    model: Any,
+    *,
+    budget: float | int = 0.2,
+    predictor: Any = None,
+    temperature: float = 2.0,
+    allocation: str = "exact",
+    min_tokens_per_frame: int = 0,
+    layout: str | None = None,
+    processor: Any = None,
+    backend: str | None = None,
+    method: str = "topk",
+    merge: str = "paper",
+    num_neighbors: int | None = None,
+) -> Any:
+    """Patch one VLM instance so every ``forward`` / ``generate`` call with video prunes it with KVTP.
+
+    Args: as :func:`kvtp_kernels.integrations.llava_onevision.apply_kvtp`; ``layout``
+    applies to LLaVA-OneVision (newline placement) and must be None or "none" for the
+    Qwen-VL family and LLaVA-NeXT-Video, which have no newline tokens.
+
+    Returns:
+        the same model, patched in place (:func:`remove_kvtp` undoes it).
+
+    Raises:
+        ImportError: transformers missing or older than 5.17.
+        TypeError: a model class not in :data:`SUPPORTED_MODELS`, a predictor of the wrong type.
+        ValueError: bad settings (budget, temperature, allocation, layout, method).
+        RuntimeError: the model is already patched.
+    """
+    transformers = require_transformers("kvtp_kernels.integrations.apply_kvtp")
+    family = _family(transformers, model)
+    if family is None:
+        name = type(model).__name__
+        what = "has no video input (no get_video_features)" if not callable(
+            getattr(model, "get_video_features", None)) else "is not wired yet (kvtp_kernels.integrations.core " \
+                                                              "and keep_mask explain how)"
+        raise TypeError(f"kvtp_kernels.integrations.apply_kvtp: `model` must be one of {', '.join(SUPPORTED_MODELS)}; "
+                        f"got {name}, which {what}")
+    if family == "LlavaOnevisionForConditionalGeneration":
+        return _apply_llava_onevision(model, budget=budget, predictor=predictor, temperature=temperature,
+                                      allocation=allocation, min_tokens_per_frame=min_tokens_per_frame,
+                                      layout=layout, processor=processor, backend=backend, method=method,
+                                      merge=merge, num_neighbors=num_neighbors)
+    if is_kvtp_applied(model):
+        raise RuntimeError("kvtp_kernels.integrations.apply_kvtp: the model is already patched; call "
+                           "remove_kvtp(model) first to change the settings")
+    if layout not in (None, "none"):
+        raise ValueError(f"kvtp_kernels.integrations.apply_kvtp: `layout` must be None or 'none' for {family} "
+                         f"(its video has no newline tokens); got {layout!r}")
+    settings = KVTPSettings(budget, temperature, allocation, min_tokens_per_frame, "none", backend, method, merge,
+                            num_neighbors)
+    if method == "prumerge" and predictor is None:
+        raise ValueError("kvtp_kernels.integrations.apply_kvtp: `method` 'prumerge' needs a `predictor`: its token "
+                         "importance (SigLIP attention pooling) gives the merge weights; got predictor=None")
+    if predictor is not None:
+        from ..predictor import FrameRelevancePredictor
+
+        if not isinstance(predictor, FrameRelevancePredictor):
+            raise TypeError(f"kvtp_kernels.integrations.apply_kvtp: `predictor` must be a FrameRelevancePredictor "
+                            f"or None; got {type(predictor).__name__}")
+    tokenizer, mean, std = _from_processor(processor)
+    saved = {name: (name in model.__dict__, model.__dict__.get(name)) for name in _PATCHED_METHODS}
+    adapter = LlavaNextVideo() if family in LLAVA_NEXT_VIDEO_CLASSES else QwenVL(family)
+    _install_keep_mask(model, adapter, settings, predictor, tokenizer, mean, std, saved)
+    return model

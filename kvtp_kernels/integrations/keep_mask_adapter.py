@@ -1,0 +1,249 @@
+"""The ``forward`` / ``generate`` wrappers of the keep-mask families (Qwen-VL, LLaVA-NeXT-Video).
+
+One adapter, parametrised by a small family object (:mod:`.qwen_vl`,
+:mod:`.llava_next_video`) that knows the model's layout: its positions of the
+unpruned prompt, its video features as [T, N, D] per video, and how the kept rows are
+handed back. What every family shares, and why:
+
+- the sequence length is fixed by ``input_ids`` before the vision encoder runs, so
+  the instance's ``forward`` and ``generate`` are replaced by bound methods that present
+  the originals' signatures (which ``generate`` inspects) and call them; no HF code is
+  copied;
+- the prompt is cut with the core's keep mask (:mod:`.keep_mask`): text and every
+  kept video token stay, each with its position in the UNPRUNED prompt (computed
+  the way the unpatched model computes it), passed explicitly to the original method;
+  ``generate`` extends them by last + 1 per step, as it does unpatched;
+- the kept rows reach the model through its own ``get_video_features`` call: for
+  the duration of the original call the inner model's ``get_video_features`` is an
+  instance attribute returning the kept rows (and any per-level side features, e.g.
+  Qwen3-VL's deepstack, pruned with the same mask), so the model scatters and uses
+  them exactly as unpatched. The call carries stand-in ``pixel_values_videos`` whose
+  rows name their video: whatever ``generate`` does for beams or
+  ``num_return_sequences`` (repeat pixel rows per sample, or encode first and repeat
+  the outputs) maps back to the right videos;
+- the hand-over is an instance attribute, so the original calls of one model run one
+  at a time (a lock; the pruning itself runs concurrently); a thread's own forward
+  steps inside its ``generate`` pass straight through;
+- ``generate`` returns the unpruned prompt ids + the new tokens (as unpatched);
+  ``forward`` returns logits over the pruned sequence (padding on the input's side),
+  labels moved with their rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import functools
+import inspect
+import threading
+from typing import Any
+
+import torch
+
+from .._errors import describe
+from ._compat import passed_cache, with_sequences
+from .core import KVTPSettings, _fail, infer_padding_side
+from .keep_mask import KeepMaskResult, prune_to_keep_mask
+from .llava_onevision import _PATCH_ATTR, _count_lengths_from_prompt, _install, _original
+from .recording import STATS_ATTR, record_stats
+
+__all__ = ["KVTP_KWARGS", "KeepMaskPatch", "install"]
+
+KVTP_KWARGS = ("kvtp_query", "kvtp_frames")
+_describe = functools.partial(describe, device=False)
+
+
+@dataclasses.dataclass
+class KeepMaskPatch:
+    """What apply_kvtp keeps on a keep-mask-family model."""
+
+    settings: KVTPSettings
+    predictor: Any
+    tokenizer: Any
+    pixel_mean: tuple[float, ...] | None
+    pixel_std: tuple[float, ...] | None
+    saved: dict[str, tuple[bool, Any]]
+    family: Any  # the family object (qwen_vl.QwenVL, llava_next_video.LlavaNextVideo)
+    #: the thread inside an original call (whose own forward steps pass straight through), or None
+    busy: int | None = None
+    #: one original call at a time per model: the kept rows are handed over through an instance attribute
+    lock: Any = dataclasses.field(default_factory=threading.RLock, repr=False, compare=False)
+
+    def __deepcopy__(self, memo):
+        fields = {f.name: copy.deepcopy(getattr(self, f.name), memo) for f in dataclasses.fields(self)
+                  if f.name not in ("busy", "lock")}
+        return KeepMaskPatch(**fields)
+
+
+def install(model: Any, family: Any, settings: KVTPSettings, predictor: Any, tokenizer: Any,
+            mean: tuple | None, std: tuple | None, saved: dict) -> KeepMaskPatch:
+    """Patch the instance's forward / generate (called by apply_kvtp after its checks).
+
+    As for LLaVA-OneVision (:func:`.llava_onevision._install`): bound methods that find the
+    patch and the replaced method through ``self``, so a deep copy is patched on its own.
+    """
+    patch = KeepMaskPatch(settings, predictor, tokenizer, mean, std, saved, family)
+    model.__dict__[_PATCH_ATTR] = patch
+    model.__dict__[STATS_ATTR] = None
+    _install(model, "forward", _forward)
+    _install(model, "generate", _generate)
+    return patch
+
+
+# ----------------------------------------------------------------------------------
+# Wrappers
+# ----------------------------------------------------------------------------------
+def _bound_call(signature: inspect.Signature, args: tuple, kwargs: dict) -> tuple[dict | None, tuple]:
+    """-> (the call as keywords when it carries video pixels, else None; the kvtp keyword arguments)."""
+    extra = tuple(kwargs.pop(name, None) for name in KVTP_KWARGS)
+    if (kwargs.get("mm_encoder_outputs") or {}).get("video") is not None:
+        _fail("mm_encoder_outputs", "without a 'video' entry on a model patched by apply_kvtp (KVTP prunes the "
+              "features it computes from pixel_values_videos; pass those instead)", "a 'video' entry")
+    if not args and kwargs.get("pixel_values_videos") is None:
+        return None, extra
+    bound = signature.bind(*args, **kwargs)
+    call: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            call.update(value)
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                raise TypeError(f"kvtp_kernels.integrations: unexpected extra positional arguments {value!r}")
+        else:
+            call[name] = value
+    return (call if call.get("pixel_values_videos") is not None else None), extra
+
+
+def _check_no_cache(call: dict) -> None:
+    cache = passed_cache(call)
+    if cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0:
+        raise ValueError("kvtp_kernels.integrations: video input with a non-empty `past_key_values` is not "
+                         "supported (the pruned prompt must be the first thing in the cache); use generate(), "
+                         "or run the video prompt first")
+
+
+def _forward(model, *args, **kwargs):
+    patch = model.__dict__[_PATCH_ATTR]
+    original = _original(model, "forward")
+    if patch.busy == threading.get_ident():  # a step of our own generate: the call is already pruned
+        return original(*args, **kwargs)
+    call, (query, frames) = _bound_call(inspect.signature(original), args, kwargs)
+    if call is None:
+        return original(*args, **kwargs)
+    _check_no_cache(call)
+    side = infer_padding_side(call.get("attention_mask"))
+    user_positions = call.get("position_ids")
+    prepared = _prepare(model, patch, call, query, frames, padding_side=side, generating=False)
+    result = prepared.result
+    positions = prepared.positions if user_positions is None else _check_positions(user_positions, result)
+    call["position_ids"] = result.take(positions)
+    if call.get("labels") is not None:
+        call["labels"] = result.take(call["labels"], pad=-100)
+    with prepared.feeding(model, patch):
+        return original(**call)
+
+
+def _generate(model, *args, **kwargs):
+    patch = model.__dict__[_PATCH_ATTR]
+    original = _original(model, "generate")
+    call, (query, frames) = _bound_call(inspect.signature(original), args, kwargs)
+    if call is None:
+        return original(*args, **kwargs)
+    _check_no_cache(call)
+    if call.get("inputs") is not None:
+        call["input_ids"] = call.pop("inputs")
+    if call.get("position_ids") is not None:
+        _fail("position_ids", "None with video input to generate (KVTP computes the positions of the unpruned "
+              "prompt itself)", _describe(call["position_ids"]))
+    prompt_ids = call.get("input_ids")
+    with torch.no_grad():  # as HF's generate
+        prepared = _prepare(model, patch, call, query, frames, padding_side="left", generating=True)
+    call["position_ids"] = patch.family.generate_positions(prepared.result, prepared.positions)
+    _count_lengths_from_prompt(model, call, prompt_ids.shape[1])
+    with prepared.feeding(model, patch):
+        out = original(**call)
+    sequences = out if isinstance(out, torch.Tensor) else out.sequences
+    repeat = sequences.shape[0] // prompt_ids.shape[0]  # num_return_sequences / beams
+    new_tokens = sequences[:, call["input_ids"].shape[1]:]
+    prompt = prompt_ids.to(sequences.device).repeat_interleave(repeat, dim=0)
+    return with_sequences(out, torch.cat([prompt, new_tokens], dim=1))
+
+
+def _check_positions(user: Any, result: KeepMaskResult) -> torch.Tensor:
+    B, L = result.keep.shape
+    if not isinstance(user, torch.Tensor) or user.dim() not in (2, 3) or tuple(user.shape[-2:]) != (B, L):
+        _fail("position_ids", f"[B, L], [3, B, L] or [4, B, L] positions of the unpruned prompt (B, L = {B}, {L})",
+              _describe(user))
+    return user
+
+
+# ----------------------------------------------------------------------------------
+# Building the pruned call
+# ----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Prepared:
+    result: KeepMaskResult
+    positions: torch.Tensor  # positions of the unpruned prompt ([B, L] or M-RoPE [3, B, L])
+    feeder: Any  # the get_video_features stand-in
+
+    @contextlib.contextmanager
+    def feeding(self, model, patch: KeepMaskPatch):
+        """For one original call: the inner get_video_features returns the kept rows; the wrappers pass through."""
+        inner = model.model.__dict__
+        with patch.lock:
+            had, old = "get_video_features" in inner, inner.get("get_video_features")
+            inner["get_video_features"] = self.feeder
+            patch.busy = threading.get_ident()
+            try:
+                yield
+            finally:
+                patch.busy = None
+                if had:
+                    inner["get_video_features"] = old
+                else:
+                    inner.pop("get_video_features", None)
+
+
+def _prepare(model, patch: KeepMaskPatch, call: dict, query: Any, frames: Any, *, padding_side: str,
+             generating: bool) -> _Prepared:
+    """Prune the call's videos; rewrite ``call`` for the original method; record model.kvtp_stats."""
+    family = patch.family
+    input_ids = call.get("input_ids")
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
+        _fail("input_ids", "an integer [B, L] tensor with video input (the placeholders and positions come from it)",
+              _describe(input_ids))
+    if call.get("inputs_embeds") is not None:
+        _fail("inputs_embeds", "None with video input (pass input_ids: the positions are computed from them)",
+              _describe(call["inputs_embeds"]))
+    attention_mask = call.get("attention_mask")
+    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2):
+        _fail("attention_mask", "a 2-D [B, L] mask with video input (4-D masks are not supported)",
+              _describe(attention_mask))
+    family.check_inputs(model, call, input_ids)
+    config = model.config
+    with torch.no_grad():
+        positions = family.positions(model, call, input_ids, attention_mask, generating)
+    out, features = family.features(model, call)
+    scores = token_scores = None
+    if patch.predictor is not None:
+        from .predictor_inputs import predictor_inputs
+
+        scores, token_scores = predictor_inputs(model, patch, call, query, frames, features, input_ids,
+                                                attention_mask)
+    video_mask = input_ids == family.video_token_id(config)
+    result = prune_to_keep_mask(video_mask, features, attention_mask=attention_mask, scores=scores,
+                                token_scores=token_scores, settings=patch.settings, padding_side=padding_side,
+                                flops_config=config.text_config)
+    record_stats(model, result.stats)
+
+    text = config.text_config
+    pad = text.pad_token_id if getattr(text, "pad_token_id", None) is not None else 0
+    call["input_ids"] = result.take(input_ids, pad=pad)
+    mask = result.attention_mask
+    call["attention_mask"] = mask if attention_mask is None else mask.to(attention_mask.dtype)
+    family.shorten(model, call, result, positions)
+    feeder, stand_ins = family.stand_in(out, result, features[0].dtype)
+    call.update(stand_ins)
+    return _Prepared(result, positions, feeder)

@@ -1,0 +1,130 @@
+"""The relevance predictor for the keep-mask families: frame scores per frame unit, token importance per grid.
+
+For each video of a call (:mod:`.keep_mask_adapter`):
+
+- the query: ``kvtp_query=`` (a string, or one per sample) or the sample's prompt text
+  decoded with the tokenizer given to ``apply_kvtp(processor=)`` (placeholders,
+  special tokens and padding left out);
+- the frames: ``kvtp_frames=`` (V entries of uint8 RGB [F_v, H, W, 3], which the
+  predictor resizes, or its pixel values [F_v, 3, S, S]) or recovered from
+  ``pixel_values_videos`` (the family un-flattens its patches; the processor's
+  ``image_mean`` / ``image_std`` undo the normalisation, back to uint8 frames);
+- the predictor scores every raw frame and gives its token importance on the video's
+  (h', w') token grid (area pooling: each LLM token covers a block of patches);
+  both are pooled (mean) over the frames of a frame unit: a Qwen-VL temporal patch
+  holds ``temporal_patch_size`` = 2 frames (an odd count is padded by repeating the
+  last frame, as the processor does), a LLaVA-NeXT-Video unit is one frame.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import math
+from typing import Any
+
+import torch
+
+from .._errors import describe
+from .core import _fail, predictor_scores, renormalize_pixels
+
+__all__ = ["pool_per_unit", "predictor_inputs", "video_samples"]
+
+_describe = functools.partial(describe, device=False)
+
+
+def video_samples(video_mask: torch.Tensor, sizes: list[int]) -> list[int]:
+    """The sample holding each video's first placeholder (videos fill placeholders batch-major)."""
+    per_sample = video_mask.sum(1).tolist()
+    cum, total = [], 0
+    for n in per_sample:
+        total += n
+        cum.append(total)
+    out, start = [], 0
+    for n in sizes:
+        out.append(bisect.bisect_right(cum, start))
+        start += n
+    return out
+
+
+def pool_per_unit(values: torch.Tensor, units: int, per_unit: int) -> torch.Tensor:
+    """[F, ...] per raw frame -> [units, ...]: the mean over each unit's ``per_unit`` frames (last frame repeated)."""
+    F = values.shape[0]
+    if math.ceil(F / per_unit) != units:
+        _fail("kvtp_frames", f"{units} frame units of {per_unit} frames ({units * per_unit - per_unit + 1} to "
+              f"{units * per_unit} frames)", f"{F} frames")
+    pad = units * per_unit - F
+    if pad:
+        values = torch.cat([values, values[-1:].expand(pad, *values.shape[1:])])
+    return values.reshape(units, per_unit, *values.shape[1:]).mean(1)
+
+
+def _queries(patch, query: Any, input_ids: torch.Tensor, attention_mask, video_mask, samples: list[int],
+             config) -> list[Any]:
+    B = input_ids.shape[0]
+    if query is not None:
+        if isinstance(query, str):
+            return [query] * len(samples)
+        if not isinstance(query, (list, tuple)) or len(query) != B:
+            _fail("kvtp_query", f"a string or a list of B = {B} strings (one per sample)",
+                  repr(query) if not isinstance(query, (list, tuple)) else f"a list of {len(query)}")
+        return [query[b] for b in samples]
+    if patch.tokenizer is None:
+        _fail("kvtp_query", "given (the predictor needs each video's question), or apply_kvtp(..., processor=) "
+              "given so that the prompt can be decoded", "neither")
+    keep = ~video_mask
+    for name in ("image_token_id", "vision_start_token_id", "vision_end_token_id"):
+        if getattr(config, name, None) is not None:
+            keep &= input_ids.ne(getattr(config, name))
+    if attention_mask is not None:
+        keep &= attention_mask.ne(0)
+    out = []
+    for b in samples:
+        text = patch.tokenizer.decode(input_ids[b][keep[b]].tolist(), skip_special_tokens=True).strip()
+        if not text:
+            _fail("kvtp_query", f"given for sample {b}, whose prompt has no text to use as the query", "None")
+        out.append(text)
+    return out
+
+
+def _to_uint8(frames: torch.Tensor, mean, std) -> torch.Tensor:
+    """Normalised [F, 3, H, W] -> uint8 RGB [F, H, W, 3]."""
+    x01 = renormalize_pixels(frames, mean, std, (0.0,), (1.0,))
+    return (x01 * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def predictor_inputs(model, patch, call: dict, query: Any, frames: Any, features: list[torch.Tensor],
+                     input_ids: torch.Tensor, attention_mask) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """-> (V frame-unit scores [T_v], V token importances [T_v, N_v]) for :func:`prune_to_keep_mask`."""
+    family, predictor = patch.family, patch.predictor
+    config = model.config
+    V = len(features)
+    video_mask = input_ids == family.video_token_id(config)
+    samples = video_samples(video_mask, [f.shape[0] * f.shape[1] for f in features])
+    queries = _queries(patch, query, input_ids, attention_mask, video_mask, samples, config)
+    per_unit = family.frames_per_unit(config)
+    if frames is not None:
+        if isinstance(frames, torch.Tensor) and frames.dim() == 5:
+            frames = list(frames.unbind(0))
+        if not isinstance(frames, (list, tuple)) or len(frames) != V:
+            _fail("kvtp_frames", f"V = {V} videos: a list of uint8 [F, H, W, 3] or the predictor's [F, 3, S, S]",
+                  _describe(frames) if not isinstance(frames, (list, tuple)) else f"a list of {len(frames)}")
+        frames = [f if isinstance(f, torch.Tensor) else torch.as_tensor(f) for f in frames]
+    else:
+        if patch.pixel_mean is None:
+            _fail("kvtp_frames", "given, or apply_kvtp(..., processor=) given so that the frames can be recovered "
+                  "from pixel_values_videos (its image_mean / image_std)", "neither")
+        frames = [_to_uint8(f, patch.pixel_mean, patch.pixel_std) for f in family.frames_from_pixels(model, call)]
+    grids = family.token_grids(model, call)
+    scores: list[Any] = [None] * V
+    importance: list[Any] = [None] * V
+    for grid in dict.fromkeys(grids):
+        ids = [v for v in range(V) if grids[v] == grid]
+        s, imp = predictor_scores(predictor, [frames[v] for v in ids], [queries[v] for v in ids],
+                                  token_grid=grid, token_pool="area")
+        for j, v in enumerate(ids):
+            T, N = features[v].shape[:2]
+            scores[v] = pool_per_unit(s[j], T, per_unit)
+            if imp is not None:
+                importance[v] = pool_per_unit(imp[j], T, per_unit).reshape(T, N)
+    return scores, (importance if all(i is not None for i in importance) else None)
