@@ -1,7 +1,11 @@
 """Config values of the real checkpoints each supported family ships as, for token and FLOPs accounting without weights.
 
 The numbers are the checkpoints' ``config.json`` values (the LLM's ``text_config`` and
-the vision sizes that fix the tokens per frame unit), transcribed with their source;
+the vision sizes that fix the tokens per frame unit), transcribed with their source. They were
+typed in without hub access (none here): Qwen2.5-VL-7B's match a public module dump and
+Qwen3-VL-8B's layer count and hidden size another project's code, but Qwen3-VL-8B's MLP
+size, head counts and vocabulary were not checked against its config.json: check them
+before quoting that row;
 :func:`video_prefill_reduction` turns them into the prefill tokens and LLM FLOPs of a
 video prompt before / after KVTP (:func:`~kvtp_kernels.integrations.flops.kvtp_prefill_flops`).
 ``python python/video_vlm_flops.py`` prints the table.
