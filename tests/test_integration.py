@@ -10,7 +10,6 @@ and the unpatched model run on them.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import inspect
 import math
@@ -23,7 +22,20 @@ import pytest
 import tiny_models
 import torch
 import transformers
-from tiny_models import BOS, GRID, IMAGE, PAD, SIZE, VIDEO, WORDS, N, sample_video, siglip_tokenizer, tiny_llava_model
+from tiny_models import (
+    BOS,
+    GRID,
+    IMAGE,
+    PAD,
+    SIZE,
+    VIDEO,
+    WORDS,
+    N,
+    kvtp,
+    sample_video,
+    siglip_tokenizer,
+    tiny_llava_model,
+)
 
 from kvtp_kernels import load_video
 from kvtp_kernels import reference as ref
@@ -72,15 +84,6 @@ def _unpatch_shared_model(request):
         shared = request.getfixturevalue("model")
         if is_kvtp_applied(shared):
             remove_kvtp(shared)
-
-
-@contextlib.contextmanager
-def kvtp(model, **kwargs):
-    apply_kvtp(model, **kwargs)
-    try:
-        yield model
-    finally:
-        remove_kvtp(model)
 
 
 # ----------------------------------------------------------------------------------

@@ -8,15 +8,14 @@ cumulative sum in generate); the dropped tokens come from the pure-PyTorch refer
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import pytest
 import torch
-from tiny_models import BOS, EOS, PAD, SIZE, VIDEO, N, tiny_llava_next_video_model
+from tiny_models import BOS, EOS, PAD, SIZE, VIDEO, N, kvtp, tiny_llava_next_video_model
 
 from kvtp_kernels import reference as ref
-from kvtp_kernels.integrations import _compat, apply_kvtp, is_kvtp_applied, remove_kvtp
+from kvtp_kernels.integrations import _compat, apply_kvtp, is_kvtp_applied
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TEXTS = [([4, 5, 6], [7, 8, 9]), ([4, 10, 11, 12, 13], [7])]
@@ -25,15 +24,6 @@ TEXTS = [([4, 5, 6], [7, 8, 9]), ([4, 10, 11, 12, 13], [7])]
 @pytest.fixture(scope="module")
 def model():
     return tiny_llava_next_video_model()
-
-
-@contextlib.contextmanager
-def kvtp(model, **kwargs):
-    apply_kvtp(model, **kwargs)
-    try:
-        yield model
-    finally:
-        remove_kvtp(model)
 
 
 def make_batch(T, texts, side="left", seed=0):

@@ -9,7 +9,6 @@ pure-PyTorch reference (kvtp_kernels.reference) on the model's own video feature
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 
@@ -22,6 +21,7 @@ from tiny_models import (
     PAD,
     QWEN_FAMILIES,
     QWEN_IDS,
+    kvtp,
     qwen_image_span,
     qwen_pixels,
     qwen_token_types,
@@ -39,15 +39,6 @@ VIDEO = QWEN_IDS["video_token_id"]
 @pytest.fixture(scope="module", params=QWEN_FAMILIES)
 def family_model(request):
     return request.param, tiny_qwen_model(request.param)
-
-
-@contextlib.contextmanager
-def kvtp(model, **kwargs):
-    apply_kvtp(model, **kwargs)
-    try:
-        yield model
-    finally:
-        remove_kvtp(model)
 
 
 # ----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ save_tiny_predictor) are built with.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -255,3 +256,18 @@ def video_pixel_values_for_tests(frames: torch.Tensor) -> torch.Tensor:
     from kvtp_kernels.integrations import video_pixel_values
 
     return video_pixel_values(frames, SIZE)[None]
+
+
+# ----------------------------------------------------------------------------------
+# Patching
+# ----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def kvtp(model, **kwargs):
+    """``apply_kvtp(model, **kwargs)`` for the block; removed after it, even when the block fails."""
+    from kvtp_kernels.integrations import apply_kvtp, remove_kvtp
+
+    apply_kvtp(model, **kwargs)
+    try:
+        yield model
+    finally:
+        remove_kvtp(model)

@@ -20,17 +20,16 @@ from typing import Any
 
 from ._compat import require_transformers
 from .core import KVTPSettings
-from .keep_mask_adapter import install as _install_keep_mask
+from .keep_mask_adapter import install as install_keep_mask
 from .llava_next_video import LLAVA_NEXT_VIDEO_CLASSES, LlavaNextVideo
-from .llava_onevision import _from_processor, is_kvtp_applied, remove_kvtp
-from .llava_onevision import apply_kvtp as _apply_llava_onevision
+from .llava_onevision import install as install_llava_onevision
+from .patching import from_processor, is_kvtp_applied, remove_kvtp
 from .qwen_vl import QWEN_VL_CLASSES, QwenVL
 
 __all__ = ["SUPPORTED_MODELS", "apply_kvtp", "is_kvtp_applied", "remove_kvtp"]
 
 #: The model classes apply_kvtp accepts (names in transformers).
 SUPPORTED_MODELS = ("LlavaOnevisionForConditionalGeneration", *QWEN_VL_CLASSES, *LLAVA_NEXT_VIDEO_CLASSES)
-_PATCHED_METHODS = ("forward", "generate")
 
 
 def _family(transformers: Any, model: Any) -> str | None:
@@ -58,12 +57,31 @@ def apply_kvtp(
 ) -> Any:
     """Patch one VLM instance so every ``forward`` / ``generate`` call with video prunes it with KVTP.
 
-    Args: as :func:`kvtp_kernels.integrations.llava_onevision.apply_kvtp`; ``layout``
-    applies to LLaVA-OneVision (newline placement) and must be None or "none" for the
-    Qwen-VL family and LLaVA-NeXT-Video, which have no newline tokens.
+    Args:
+        model: an instance of a class in :data:`SUPPORTED_MODELS`.
+        budget: float in (0, 1]: keep ``K = floor(beta*T*N + 1/2)`` of each video's
+            T*N tokens (T frame units of N tokens; LLaVA-OneVision's newline is extra);
+            int: K itself.
+        predictor: a :class:`~kvtp_kernels.predictor.FrameRelevancePredictor`, or
+            None for uniform frame scores (plain per-frame top-k by distinctiveness).
+        temperature, allocation, min_tokens_per_frame: as :func:`kvtp_kernels.prune`.
+        layout: LLaVA-OneVision's newline layout of the pruned video: None / "video"
+            (HF's one newline per video), "grid" (original LLaVA-Video: after every
+            grid row that kept a token), "frame" or "none". The Qwen-VL family and
+            LLaVA-NeXT-Video have no newline tokens: None or "none".
+        processor: optional HF processor or tokenizer: its tokenizer decodes the
+            prompt into the predictor's query (when ``kvtp_query`` is not given),
+            its video processor's ``image_mean`` / ``image_std`` let the predictor's
+            frames be derived from ``pixel_values_videos`` (when ``kvtp_frames`` is
+            not given).
+        backend: ``kvtp_kernels.prune``'s backend (None: by device).
+        method, merge, num_neighbors: the within-frame method, as
+            :func:`kvtp_kernels.prune`: "topk" (default), "prumerge" (the paper's
+            best; needs the predictor's token importance as its merge weights),
+            "tome" or "random".
 
     Returns:
-        the same model, patched in place (:func:`remove_kvtp` undoes it).
+        the same model, patched in place (:func:`remove_kvtp` undoes it exactly).
 
     Raises:
         ImportError: transformers missing or older than 5.17.
@@ -80,18 +98,16 @@ def apply_kvtp(
                                                               "and keep_mask explain how)"
         raise TypeError(f"kvtp_kernels.integrations.apply_kvtp: `model` must be one of {', '.join(SUPPORTED_MODELS)}; "
                         f"got {name}, which {what}")
-    if family == "LlavaOnevisionForConditionalGeneration":
-        return _apply_llava_onevision(model, budget=budget, predictor=predictor, temperature=temperature,
-                                      allocation=allocation, min_tokens_per_frame=min_tokens_per_frame,
-                                      layout=layout, processor=processor, backend=backend, method=method,
-                                      merge=merge, num_neighbors=num_neighbors)
     if is_kvtp_applied(model):
         raise RuntimeError("kvtp_kernels.integrations.apply_kvtp: the model is already patched; call "
                            "remove_kvtp(model) first to change the settings")
-    if layout not in (None, "none"):
+    llava_onevision = family == "LlavaOnevisionForConditionalGeneration"
+    if not llava_onevision and layout not in (None, "none"):
         raise ValueError(f"kvtp_kernels.integrations.apply_kvtp: `layout` must be None or 'none' for {family} "
                          f"(its video has no newline tokens); got {layout!r}")
-    settings = KVTPSettings(budget, temperature, allocation, min_tokens_per_frame, "none", backend, method, merge,
+    if layout is None:
+        layout = "video" if llava_onevision else "none"
+    settings = KVTPSettings(budget, temperature, allocation, min_tokens_per_frame, layout, backend, method, merge,
                             num_neighbors)
     if method == "prumerge" and predictor is None:
         raise ValueError("kvtp_kernels.integrations.apply_kvtp: `method` 'prumerge' needs a `predictor`: its token "
@@ -102,8 +118,10 @@ def apply_kvtp(
         if not isinstance(predictor, FrameRelevancePredictor):
             raise TypeError(f"kvtp_kernels.integrations.apply_kvtp: `predictor` must be a FrameRelevancePredictor "
                             f"or None; got {type(predictor).__name__}")
-    tokenizer, mean, std = _from_processor(processor)
-    saved = {name: (name in model.__dict__, model.__dict__.get(name)) for name in _PATCHED_METHODS}
-    adapter = LlavaNextVideo() if family in LLAVA_NEXT_VIDEO_CLASSES else QwenVL(family)
-    _install_keep_mask(model, adapter, settings, predictor, tokenizer, mean, std, saved)
+    tokenizer, mean, std = from_processor(processor)
+    if llava_onevision:
+        install_llava_onevision(model, settings, predictor, tokenizer, mean, std)
+    else:
+        adapter = LlavaNextVideo() if family in LLAVA_NEXT_VIDEO_CLASSES else QwenVL(family)
+        install_keep_mask(model, adapter, settings, predictor, tokenizer, mean, std)
     return model

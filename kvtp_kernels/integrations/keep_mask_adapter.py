@@ -45,12 +45,11 @@ from .._errors import describe
 from ._compat import passed_cache, with_sequences
 from .core import KVTPSettings, _fail, infer_padding_side
 from .keep_mask import KeepMaskResult, prune_to_keep_mask
-from .llava_onevision import _PATCH_ATTR, _count_lengths_from_prompt, _install, _original
+from .patching import KVTP_KWARGS, PATCH_ATTR, count_lengths_from_prompt, install_method, original_method, saved_methods
 from .recording import STATS_ATTR, record_stats
 
 __all__ = ["KVTP_KWARGS", "KeepMaskPatch", "install"]
 
-KVTP_KWARGS = ("kvtp_query", "kvtp_frames")
 _describe = functools.partial(describe, device=False)
 
 
@@ -77,17 +76,17 @@ class KeepMaskPatch:
 
 
 def install(model: Any, family: Any, settings: KVTPSettings, predictor: Any, tokenizer: Any,
-            mean: tuple | None, std: tuple | None, saved: dict) -> KeepMaskPatch:
+            mean: tuple | None, std: tuple | None) -> KeepMaskPatch:
     """Patch the instance's forward / generate (called by apply_kvtp after its checks).
 
-    As for LLaVA-OneVision (:func:`.llava_onevision._install`): bound methods that find the
+    As for LLaVA-OneVision (:func:`.patching.install_method`): bound methods that find the
     patch and the replaced method through ``self``, so a deep copy is patched on its own.
     """
-    patch = KeepMaskPatch(settings, predictor, tokenizer, mean, std, saved, family)
-    model.__dict__[_PATCH_ATTR] = patch
+    patch = KeepMaskPatch(settings, predictor, tokenizer, mean, std, saved_methods(model), family)
+    model.__dict__[PATCH_ATTR] = patch
     model.__dict__[STATS_ATTR] = None
-    _install(model, "forward", _forward)
-    _install(model, "generate", _generate)
+    install_method(model, "forward", _forward)
+    install_method(model, "generate", _generate)
     return patch
 
 
@@ -125,8 +124,8 @@ def _check_no_cache(call: dict) -> None:
 
 
 def _forward(model, *args, **kwargs):
-    patch = model.__dict__[_PATCH_ATTR]
-    original = _original(model, "forward")
+    patch = model.__dict__[PATCH_ATTR]
+    original = original_method(model, "forward")
     if patch.busy == threading.get_ident():  # a step of our own generate: the call is already pruned
         return original(*args, **kwargs)
     call, (query, frames) = _bound_call(inspect.signature(original), args, kwargs)
@@ -146,8 +145,8 @@ def _forward(model, *args, **kwargs):
 
 
 def _generate(model, *args, **kwargs):
-    patch = model.__dict__[_PATCH_ATTR]
-    original = _original(model, "generate")
+    patch = model.__dict__[PATCH_ATTR]
+    original = original_method(model, "generate")
     call, (query, frames) = _bound_call(inspect.signature(original), args, kwargs)
     if call is None:
         return original(*args, **kwargs)
@@ -161,7 +160,7 @@ def _generate(model, *args, **kwargs):
     with torch.no_grad():  # as HF's generate
         prepared = _prepare(model, patch, call, query, frames, padding_side="left", generating=True)
     call["position_ids"] = patch.family.generate_positions(prepared.result, prepared.positions)
-    _count_lengths_from_prompt(model, call, prompt_ids.shape[1])
+    count_lengths_from_prompt(model, call, prompt_ids.shape[1])
     with prepared.feeding(model, patch):
         out = original(**call)
     sequences = out if isinstance(out, torch.Tensor) else out.sequences

@@ -107,14 +107,13 @@ import dataclasses
 import functools
 import inspect
 import math
-import types
 from typing import Any
 
 import torch
 
 from .._errors import describe
 from . import _compat
-from ._compat import MIN_TRANSFORMERS, require_transformers
+from ._compat import MIN_TRANSFORMERS
 from .core import (
     KVTPSettings,
     VideoPlacement,
@@ -124,14 +123,17 @@ from .core import (
     prune_video_inputs,
     renormalize_pixels,
 )
+from .patching import (
+    KVTP_KWARGS,
+    PATCH_ATTR,
+    count_lengths_from_prompt,
+    install_method,
+    original_method,
+    saved_methods,
+)
 from .recording import STATS_ATTR, record_stats
 
-__all__ = ["MIN_TRANSFORMERS", "apply_kvtp", "is_kvtp_applied", "remove_kvtp"]
-
-#: Extra keyword arguments the patched forward / generate accept.
-KVTP_KWARGS = ("kvtp_query", "kvtp_frames")
-_PATCH_ATTR = "_kvtp_patch"
-_PATCHED_METHODS = ("forward", "generate")
+__all__ = ["MIN_TRANSFORMERS", "install"]
 
 
 _describe = functools.partial(describe, device=False)
@@ -150,114 +152,15 @@ class _Patch:
     saved: dict[str, tuple[bool, Any]]  # method -> (the instance had its own attribute, its value)
 
 
-# ----------------------------------------------------------------------------------
-# Public API
-# ----------------------------------------------------------------------------------
-def apply_kvtp(
-    model: Any,
-    *,
-    budget: float | int = 0.2,
-    predictor: Any = None,
-    temperature: float = 2.0,
-    allocation: str = "exact",
-    min_tokens_per_frame: int = 0,
-    layout: str | None = None,
-    processor: Any = None,
-    backend: str | None = None,
-    method: str = "topk",
-    merge: str = "paper",
-    num_neighbors: int | None = None,
-) -> Any:
-    """Patch one ``LlavaOnevisionForConditionalGeneration`` instance so every call prunes its videos with KVTP.
-
-    Args:
-        model: the model (LLaVA-Video / LLaVA-OneVision in HF format).
-        budget: float in (0, 1]: keep ``K = floor(beta*T*N + 1/2)`` of each video's
-            T*N tokens (the newline is extra); int: K itself.
-        predictor: a :class:`~kvtp_kernels.predictor.FrameRelevancePredictor`, or
-            None for uniform frame scores (plain per-frame top-k by distinctiveness).
-        temperature, allocation, min_tokens_per_frame: as :func:`kvtp_kernels.prune`.
-        layout: newline layout of the pruned video: None / "video" (HF's one newline
-            per video), "grid" (original LLaVA-Video: after every grid row that kept
-            a token), "frame" or "none".
-        processor: optional HF processor or tokenizer: its tokenizer decodes the
-            prompt into the predictor's query (when ``kvtp_query`` is not given),
-            its video processor's ``image_mean`` / ``image_std`` let the predictor's
-            frames be derived from ``pixel_values_videos`` (when ``kvtp_frames`` is
-            not given).
-        backend: ``kvtp_kernels.prune``'s backend (None: by device).
-        method, merge, num_neighbors: the within-frame method, as
-            :func:`kvtp_kernels.prune`: "topk" (default), "prumerge" (the paper's
-            best; needs the predictor's token importance as its merge weights),
-            "tome" or "random".
-
-    Returns:
-        the same model (patched in place); :func:`remove_kvtp` undoes it exactly.
-
-    Raises:
-        ImportError: transformers missing or older than 5.0.
-        TypeError: a model that is not a LlavaOnevisionForConditionalGeneration
-            (e.g. one without video input), a predictor of the wrong type.
-        ValueError: a budget out of range, a bad layout/allocation/temperature.
-        RuntimeError: the model is already patched.
-    """
-    transformers = require_transformers("kvtp_kernels.integrations.apply_kvtp")
-    supported = transformers.LlavaOnevisionForConditionalGeneration
-    if not isinstance(model, supported):
-        name = type(model).__name__
-        if not callable(getattr(model, "get_video_features", None)):
-            raise TypeError(f"kvtp_kernels.integrations.apply_kvtp: `model` must be a video VLM "
-                            f"({supported.__name__}); got {name}, which has no video input (no get_video_features)")
-        raise TypeError(f"kvtp_kernels.integrations.apply_kvtp: `model` must be a {supported.__name__} (LLaVA-Video, "
-                        f"LLaVA-OneVision); {name} is not wired yet (kvtp_kernels.integrations.core explains how)")
-    if _PATCH_ATTR in model.__dict__:
-        raise RuntimeError("kvtp_kernels.integrations.apply_kvtp: the model is already patched; call "
-                           "remove_kvtp(model) first to change the settings")
-    settings = KVTPSettings(budget, temperature, allocation, min_tokens_per_frame,
-                            "video" if layout is None else layout, backend, method, merge, num_neighbors)
-    if method == "prumerge" and predictor is None:
-        raise ValueError("kvtp_kernels.integrations.apply_kvtp: `method` 'prumerge' needs a `predictor`: its token "
-                         "importance (SigLIP attention pooling) gives the merge weights; got predictor=None")
-    if predictor is not None:
-        from ..predictor import FrameRelevancePredictor
-
-        if not isinstance(predictor, FrameRelevancePredictor):
-            raise TypeError(f"kvtp_kernels.integrations.apply_kvtp: `predictor` must be a FrameRelevancePredictor "
-                            f"or None; got {type(predictor).__name__}")
-    tokenizer, mean, std = _from_processor(processor)
+def install(model: Any, settings: KVTPSettings, predictor: Any, tokenizer: Any, mean: tuple | None,
+            std: tuple | None) -> None:
+    """Patch the instance's forward / generate (called by :func:`~.dispatch.apply_kvtp` after its checks)."""
     vision = model.config.vision_config
     grid = math.ceil((vision.image_size // vision.patch_size) / 2)  # HF's apply_pooling: bilinear to ceil(g/2)
-
-    saved = {name: (name in model.__dict__, model.__dict__.get(name)) for name in _PATCHED_METHODS}
-    model.__dict__[_PATCH_ATTR] = _Patch(settings, predictor, tokenizer, mean, std, grid, saved)
+    model.__dict__[PATCH_ATTR] = _Patch(settings, predictor, tokenizer, mean, std, grid, saved_methods(model))
     model.__dict__[STATS_ATTR] = None
-    _install(model, "forward", _forward)
-    _install(model, "generate", _generate)
-    return model
-
-
-def remove_kvtp(model: Any) -> Any:
-    """Undo :func:`apply_kvtp`: the instance's ``forward`` / ``generate`` are what they were, no attribute is left.
-
-    Raises:
-        ValueError: the model is not patched.
-    """
-    patch = getattr(model, "__dict__", {}).get(_PATCH_ATTR)
-    if patch is None:
-        raise ValueError("kvtp_kernels.integrations.remove_kvtp: `model` is not patched by apply_kvtp")
-    for name, (had_own, value) in patch.saved.items():
-        if had_own:
-            model.__dict__[name] = value
-        else:
-            model.__dict__.pop(name, None)
-    model.__dict__.pop(_PATCH_ATTR)
-    model.__dict__.pop(STATS_ATTR, None)
-    return model
-
-
-def is_kvtp_applied(model: Any) -> bool:
-    """Whether :func:`apply_kvtp` patched this instance."""
-    return _PATCH_ATTR in getattr(model, "__dict__", {})
+    install_method(model, "forward", _forward)
+    install_method(model, "generate", _generate)
 
 
 # ----------------------------------------------------------------------------------
@@ -306,35 +209,9 @@ def _without_video(call: dict) -> None:
             call.pop("mm_encoder_outputs")
 
 
-def _install(model, name: str, body) -> None:
-    """``model.<name>`` = ``body`` bound to the instance, presenting the replaced method's signature.
-
-    A bound method (not a closure over the instance): ``copy.deepcopy`` re-binds it to the
-    copy, and ``body`` finds the patch and the replaced method through ``self`` at every
-    call, so a deep copy runs its own weights (and can be unpatched on its own).
-    """
-    current = getattr(model, name)
-    signature = inspect.signature(current)
-    self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
-
-    @functools.wraps(current)
-    def method(self, *args, **kwargs):
-        return body(self, *args, **kwargs)
-
-    del method.__wrapped__  # the signature below is the truth, not the bound original's
-    method.__signature__ = signature.replace(parameters=[self_param, *signature.parameters.values()])
-    model.__dict__[name] = types.MethodType(method, model)
-
-
-def _original(model, name: str):
-    """The method apply_kvtp replaced, bound to ``model``."""
-    had_own, value = model.__dict__[_PATCH_ATTR].saved[name]
-    return value if had_own else getattr(type(model), name).__get__(model, type(model))
-
-
 def _forward(model, *args, **kwargs):
-    patch = model.__dict__[_PATCH_ATTR]
-    original = _original(model, "forward")
+    patch = model.__dict__[PATCH_ATTR]
+    original = original_method(model, "forward")
     call, (query, frames) = _call(original, args, kwargs)
     if call is None:
         return original(*args, **kwargs)
@@ -358,8 +235,8 @@ def _forward(model, *args, **kwargs):
 
 
 def _generate(model, *args, **kwargs):
-    patch = model.__dict__[_PATCH_ATTR]
-    original = _original(model, "generate")
+    patch = model.__dict__[PATCH_ATTR]
+    original = original_method(model, "generate")
     call, (query, frames) = _call(original, args, kwargs)
     if call is None:
         return original(*args, **kwargs)
@@ -377,7 +254,7 @@ def _generate(model, *args, **kwargs):
     call["inputs_embeds"] = result.inputs_embeds
     call["attention_mask"] = result.attention_mask
     if prompt_ids is not None:
-        _count_lengths_from_prompt(model, call, prompt_ids.shape[1])
+        count_lengths_from_prompt(model, call, prompt_ids.shape[1])
     out = original(**call)
     if prompt_ids is None:
         return out
@@ -385,28 +262,6 @@ def _generate(model, *args, **kwargs):
     repeat = sequences.shape[0] // prompt_ids.shape[0]  # num_return_sequences / beams
     prompt = prompt_ids.to(sequences.device).repeat_interleave(repeat, dim=0)
     return _compat.with_sequences(out, torch.cat([prompt, sequences], dim=1))
-
-
-def _count_lengths_from_prompt(model, call: dict, prompt_len: int) -> None:
-    """``max_length`` / ``min_length`` count the prompt: keep counting the unpruned one."""
-    config = call.get("generation_config")
-
-    def setting(name):
-        if call.get(name) is not None:
-            return call[name]
-        if config is not None and getattr(config, name, None) is not None:
-            return getattr(config, name)
-        return getattr(model.generation_config, name, None)
-
-    if setting("max_new_tokens") is None and (max_length := setting("max_length")) is not None:
-        if max_length <= prompt_len:
-            raise ValueError(f"Input length of input_ids is {prompt_len}, but `max_length` is set to {max_length}. "
-                             "Increase `max_length` or, better yet, set `max_new_tokens`.")
-        call.pop("max_length", None)
-        call["max_new_tokens"] = max_length - prompt_len
-    if setting("min_new_tokens") is None and (min_length := setting("min_length")):
-        call.pop("min_length", None)
-        call["min_new_tokens"] = max(min_length - prompt_len, 0)
 
 
 def _renumber_positions(user: torch.Tensor, packed: torch.Tensor, mask: torch.Tensor,
@@ -422,26 +277,6 @@ def _renumber_positions(user: torch.Tensor, packed: torch.Tensor, mask: torch.Te
 # ----------------------------------------------------------------------------------
 # Building the pruned inputs
 # ----------------------------------------------------------------------------------
-def _from_processor(processor: Any) -> tuple[Any, tuple | None, tuple | None]:
-    """-> (tokenizer or None, pixel mean, pixel std) of a processor / tokenizer / None."""
-    if processor is None:
-        return None, None, None
-    tokenizer = getattr(processor, "tokenizer", None)
-    if tokenizer is None and callable(getattr(processor, "decode", None)):
-        tokenizer = processor
-    mean = std = None
-    for source in (getattr(processor, "video_processor", None), getattr(processor, "image_processor", None),
-                   processor):
-        m, s = getattr(source, "image_mean", None), getattr(source, "image_std", None)
-        if source is not None and m is not None and s is not None:
-            mean, std = tuple(float(x) for x in m), tuple(float(x) for x in s)
-            break
-    if tokenizer is None and mean is None:
-        raise TypeError(f"kvtp_kernels.integrations.apply_kvtp: `processor` must be an HF processor or tokenizer "
-                        f"(with a tokenizer, or image_mean/image_std); got {type(processor).__name__}")
-    return tokenizer, mean, std
-
-
 def _video_features(model, patch: _Patch, call: dict) -> list[torch.Tensor]:
     """The model's own video features, split per video: V tensors [T_v, N, D] (newline row removed)."""
     N = patch.grid * patch.grid
