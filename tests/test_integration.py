@@ -26,7 +26,6 @@ from tiny_models import (
     BOS,
     GRID,
     IMAGE,
-    PAD,
     SIZE,
     VIDEO,
     WORDS,
@@ -95,14 +94,7 @@ def video_prompt(pre, post, T):
 
 def batch(rows, side="left"):
     """Token lists -> (input_ids, attention_mask) padded with PAD on `side`."""
-    L = max(len(r) for r in rows)
-    ids = torch.full((len(rows), L), PAD)
-    mask = torch.zeros((len(rows), L), dtype=torch.long)
-    for b, r in enumerate(rows):
-        sl = slice(L - len(r), L) if side == "left" else slice(0, len(r))
-        ids[b, sl] = torch.tensor(r)
-        mask[b, sl] = 1
-    return ids, mask
+    return tiny_models.pad_rows(rows, side)
 
 
 def videos(*frame_counts, seed=0):

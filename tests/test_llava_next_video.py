@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import tiny_models
 import torch
 from tiny_models import BOS, EOS, PAD, SIZE, VIDEO, N, kvtp, tiny_llava_next_video_model
 
@@ -28,13 +29,7 @@ def model():
 
 def make_batch(T, texts, side="left", seed=0):
     rows = [[BOS, *pre, *[VIDEO] * (T * N), *post] for pre, post in texts]
-    L = max(len(r) for r in rows)
-    ids = torch.full((len(rows), L), PAD)
-    mask = torch.zeros((len(rows), L), dtype=torch.long)
-    for b, r in enumerate(rows):
-        sl = slice(L - len(r), L) if side == "left" else slice(0, len(r))
-        ids[b, sl] = torch.tensor(r)
-        mask[b, sl] = 1
+    ids, mask = tiny_models.pad_rows(rows, side)
     g = torch.Generator().manual_seed(seed)
     return dict(input_ids=ids, attention_mask=mask, pixel_values_videos=torch.randn(len(rows), T, 3, SIZE, SIZE,
                                                                                     generator=g))

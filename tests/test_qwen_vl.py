@@ -13,6 +13,7 @@ import copy
 import math
 
 import pytest
+import tiny_models
 import torch
 import transformers
 from tiny_models import (
@@ -50,13 +51,7 @@ def make_batch(family, grids, texts, image=None, side="left", seed=0):
     for b, (grid, (pre, post)) in enumerate(zip(grids, texts)):
         img = qwen_image_span(*image) if image is not None and b == 0 else []
         rows.append([BOS, *pre, *img, *qwen_video_span(family, *grid), *post])
-    L = max(len(r) for r in rows)
-    ids = torch.full((len(rows), L), PAD)
-    mask = torch.zeros((len(rows), L), dtype=torch.long)
-    for b, r in enumerate(rows):
-        sl = slice(L - len(r), L) if side == "left" else slice(0, len(r))
-        ids[b, sl] = torch.tensor(r)
-        mask[b, sl] = 1
+    ids, mask = tiny_models.pad_rows(rows, side)
     inputs = dict(input_ids=ids, attention_mask=mask, pixel_values_videos=qwen_pixels(grids, seed),
                   video_grid_thw=torch.tensor(grids), mm_token_type_ids=qwen_token_types(ids))
     if family == "qwen2_5_vl":  # 2 s per temporal patch: temporal positions step by tokens_per_second * 2 = 4

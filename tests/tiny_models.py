@@ -271,3 +271,15 @@ def kvtp(model, **kwargs):
         yield model
     finally:
         remove_kvtp(model)
+
+
+def pad_rows(rows, side="left"):
+    """Token lists -> (input_ids, attention_mask) padded with PAD on `side`."""
+    L = max(len(r) for r in rows)
+    ids = torch.full((len(rows), L), PAD)
+    mask = torch.zeros((len(rows), L), dtype=torch.long)
+    for b, r in enumerate(rows):
+        sl = slice(L - len(r), L) if side == "left" else slice(0, len(r))
+        ids[b, sl] = torch.tensor(r)
+        mask[b, sl] = 1
+    return ids, mask

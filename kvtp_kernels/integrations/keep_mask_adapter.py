@@ -45,7 +45,15 @@ from .._errors import describe
 from ._compat import passed_cache, with_sequences
 from .core import KVTPSettings, _fail, infer_padding_side
 from .keep_mask import KeepMaskResult, prune_to_keep_mask
-from .patching import KVTP_KWARGS, PATCH_ATTR, count_lengths_from_prompt, install_method, original_method, saved_methods
+from .patching import (
+    KVTP_KWARGS,
+    PATCH_ATTR,
+    bind_call,
+    count_lengths_from_prompt,
+    install_method,
+    original_method,
+    saved_methods,
+)
 from .recording import STATS_ATTR, record_stats
 
 __all__ = ["KVTP_KWARGS", "KeepMaskPatch", "install"]
@@ -101,17 +109,7 @@ def _bound_call(signature: inspect.Signature, args: tuple, kwargs: dict) -> tupl
               "features it computes from pixel_values_videos; pass those instead)", "a 'video' entry")
     if not args and kwargs.get("pixel_values_videos") is None:
         return None, extra
-    bound = signature.bind(*args, **kwargs)
-    call: dict[str, Any] = {}
-    for name, value in bound.arguments.items():
-        kind = signature.parameters[name].kind
-        if kind is inspect.Parameter.VAR_KEYWORD:
-            call.update(value)
-        elif kind is inspect.Parameter.VAR_POSITIONAL:
-            if value:
-                raise TypeError(f"kvtp_kernels.integrations: unexpected extra positional arguments {value!r}")
-        else:
-            call[name] = value
+    call = bind_call(signature, args, kwargs)
     return (call if call.get("pixel_values_videos") is not None else None), extra
 
 

@@ -126,6 +126,7 @@ from .core import (
 from .patching import (
     KVTP_KWARGS,
     PATCH_ATTR,
+    bind_call,
     count_lengths_from_prompt,
     install_method,
     original_method,
@@ -166,22 +167,6 @@ def install(model: Any, settings: KVTPSettings, predictor: Any, tokenizer: Any, 
 # ----------------------------------------------------------------------------------
 # Wrappers
 # ----------------------------------------------------------------------------------
-def _bind(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict[str, Any]:
-    """Positional and keyword arguments of a call -> one keyword dict (its **kwargs flattened)."""
-    bound = signature.bind(*args, **kwargs)
-    call = {}
-    for name, value in bound.arguments.items():
-        kind = signature.parameters[name].kind
-        if kind is inspect.Parameter.VAR_KEYWORD:
-            call.update(value)
-        elif kind is inspect.Parameter.VAR_POSITIONAL:
-            if value:
-                raise TypeError(f"kvtp_kernels.integrations: unexpected extra positional arguments {value!r}")
-        else:
-            call[name] = value
-    return call
-
-
 def _has_video(call: dict) -> bool:
     mm = call.get("mm_encoder_outputs") or {}
     return call.get("pixel_values_videos") is not None or mm.get("video") is not None
@@ -192,7 +177,7 @@ def _call(original, args: tuple, kwargs: dict) -> tuple[dict | None, Any]:
     extra = tuple(kwargs.pop(name, None) for name in KVTP_KWARGS)
     if not args and not _has_video(kwargs):  # the common case (e.g. every decoding step): no binding
         return None, extra
-    call = _bind(inspect.signature(original), args, kwargs)
+    call = bind_call(inspect.signature(original), args, kwargs)
     return (call if _has_video(call) else None), extra
 
 

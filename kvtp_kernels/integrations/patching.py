@@ -16,7 +16,7 @@ from typing import Any
 
 from .recording import STATS_ATTR
 
-__all__ = ["KVTP_KWARGS", "PATCH_ATTR", "count_lengths_from_prompt", "from_processor", "install_method",
+__all__ = ["KVTP_KWARGS", "PATCH_ATTR", "bind_call", "count_lengths_from_prompt", "from_processor", "install_method",
            "is_kvtp_applied", "original_method", "remove_kvtp", "saved_methods"]
 
 #: Extra keyword arguments the patched forward / generate accept.
@@ -55,6 +55,22 @@ def original_method(model, name: str):
     """The method apply_kvtp replaced, bound to ``model``."""
     had_own, value = model.__dict__[PATCH_ATTR].saved[name]
     return value if had_own else getattr(type(model), name).__get__(model, type(model))
+
+
+def bind_call(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """Positional and keyword arguments of a call -> one keyword dict (its ``**kwargs`` flattened)."""
+    bound = signature.bind(*args, **kwargs)
+    call: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            call.update(value)
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                raise TypeError(f"kvtp_kernels.integrations: unexpected extra positional arguments {value!r}")
+        else:
+            call[name] = value
+    return call
 
 
 def remove_kvtp(model: Any) -> Any:
