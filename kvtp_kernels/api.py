@@ -18,20 +18,13 @@ from typing import NamedTuple
 
 import torch
 
-from . import ops
-from ._errors import as_int, as_real, fail
+from . import ops, options
+from ._errors import as_int, fail
 from ._errors import describe as _describe
+from .options import ALLOCATIONS, BACKENDS, MERGES, METHODS, SCORE_DTYPES, TOKEN_DTYPES  # noqa: F401  (re-exported)
 from .reference import offsets_from_counts
 
-BACKENDS = ("reference", "cpu", "triton")
-ALLOCATIONS = ("exact", "paper")
-METHODS = ("topk", "prumerge", "tome", "random")
-MERGES = ("paper", "mean")
 _INT32_MAX = 2**31 - 1
-#: dtypes of ``tokens`` the kernels are built for (float8 and others are refused up front).
-TOKEN_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-#: dtypes of scores and embeddings (widened to float64 inside).
-SCORE_DTYPES = TOKEN_DTYPES
 
 
 class PrunedTokens(NamedTuple):
@@ -76,14 +69,8 @@ def _check_tensor(arg: str, t: object, *, shape: tuple, device: torch.device | N
         _fail(arg, f"on {device} (the device of `tokens`)", _describe(t))
 
 
-def _check_number(arg: str, value: object, *, lo: float, integer: bool = False, lo_open: bool = False):
-    """-> the value as a Python int (``integer``) or float; accepts numbers.Integral /
-    numbers.Real (numpy scalars) and 0-d CPU tensors."""
-    value = as_int(_fail, arg, value) if integer else as_real(_fail, arg, value)
-    bad = value <= lo if lo_open else value < lo
-    if bad or not value - value == 0:  # NaN or infinite (math.isfinite does not trace under dynamo)
-        _fail(arg, f"{'>' if lo_open else '>='} {lo} and finite", repr(value))
-    return value
+def _check_number(arg: str, value: object, **bounds):
+    return options.check_number(_fail, arg, value, **bounds)
 
 
 def resolve_budget(budget: object, num_frames: int, num_tokens: int, min_tokens: int) -> tuple[int, float]:
@@ -93,18 +80,14 @@ def resolve_budget(budget: object, num_frames: int, num_tokens: int, min_tokens:
     (``ratio = K / (T*N)`` for paper mode). K must lie in [m*T, N*T].
     """
     T, N, m = num_frames, num_tokens, min_tokens
-    budget = _as_budget(budget)
+    budget = options.check_budget(_fail, budget)
     if isinstance(budget, float):
-        if not (0.0 < budget <= 1.0):
-            _fail("budget", "in (0, 1] as a ratio (a float); pass an int for a token count", repr(budget))
         K = math.floor(budget * T * N + 0.5)
-        ratio = float(budget)
+        ratio = budget
     else:
-        if budget <= 0:
-            _fail("budget", "> 0 as a token count (an int)", repr(budget))
         if budget > N * T:
             _fail("budget", f"<= T*N = {T}*{N} = {T * N} as a token count", repr(budget))
-        K = int(budget)
+        K = budget
         ratio = K / (T * N)
     if K < m * T:
         _fail("budget", f"at least min_tokens_per_frame*T = {m}*{T} = {m * T} tokens per video",
@@ -112,24 +95,11 @@ def resolve_budget(budget: object, num_frames: int, num_tokens: int, min_tokens:
     return K, ratio
 
 
-def _as_budget(budget: object) -> int | float:
-    """An integer (numbers.Integral, integer 0-d CPU tensor) is a token count; another real
-    (numbers.Real, floating 0-d CPU tensor) a ratio."""
-    if isinstance(budget, torch.Tensor) and budget.dim() == 0 and budget.device.type == "cpu":
-        if budget.dtype == torch.bool:
-            _fail("budget", "a float ratio in (0, 1] or an int token count", _describe(budget))
-        budget = budget.item()
-    if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
-        _fail("budget", "a float ratio in (0, 1] or an int token count", repr(budget))
-    return int(budget) if isinstance(budget, numbers.Integral) else float(budget)
-
-
 def _check_common(temperature, allocation, min_tokens_per_frame, num_tokens) -> tuple[float, int]:
     """-> (temperature as a float, min_tokens_per_frame as an int)."""
-    temperature = _check_number("temperature", temperature, lo=0.0, lo_open=True)
-    if allocation not in ALLOCATIONS:
-        _fail("allocation", f"one of {ALLOCATIONS}", repr(allocation))
-    m = _check_number("min_tokens_per_frame", min_tokens_per_frame, lo=0, integer=True)
+    temperature = options.check_temperature(_fail, temperature)
+    options.check_choice(_fail, "allocation", allocation, ALLOCATIONS)
+    m = options.check_min_tokens(_fail, min_tokens_per_frame)
     if m > num_tokens:
         _fail("min_tokens_per_frame", f"<= N = {num_tokens} (tokens per frame)", repr(m))
     return temperature, m
@@ -182,8 +152,7 @@ def select_backend(backend: str | None, device: torch.device) -> str:
         backend = "triton" if device.type == "cuda" else "cpu"
         if backend == "cpu" and device.type != "cpu":
             backend = "reference"
-    if backend not in BACKENDS:
-        _fail("backend", f"None or one of {BACKENDS}", repr(backend))
+    options.check_choice(_fail, "backend", backend, BACKENDS, allow_none=True)
     if backend == "cpu":
         if device.type != "cpu":
             _fail("backend", f"'triton' or 'reference' for tensors on {device} ('cpu' runs the C++ CPU kernel)",
@@ -401,8 +370,7 @@ def prune(
 
 def _check_method(method, token_scores, merge_keys, merge, num_neighbors, generator, B, T, N, device):
     """Checks the within-frame method's arguments; returns (merge_keys, num_neighbors)."""
-    if method not in METHODS:
-        _fail("method", f"one of {METHODS}", repr(method))
+    options.check_choice(_fail, "method", method, METHODS)
     merging = method in ("prumerge", "tome")
     if merge_keys is not None:
         if not merging:
@@ -427,11 +395,10 @@ def _check_method(method, token_scores, merge_keys, merge, num_neighbors, genera
             _fail("token_scores", "given for method='prumerge': they are its merge weights a_j (e.g. the "
                   "attention of SigLIP's pooling head, FrameRelevancePredictor's token importance); "
                   "there is no default", None)
-        if merge not in MERGES:
-            _fail("merge", f"one of {MERGES}", repr(merge))
+        options.check_choice(_fail, "merge", merge, MERGES)
         if num_neighbors is None:
             num_neighbors = min(32, N - 1)
-        num_neighbors = _check_number("num_neighbors", num_neighbors, lo=0, integer=True)
+        num_neighbors = options.check_num_neighbors(_fail, num_neighbors)
         if num_neighbors > N - 1:
             _fail("num_neighbors", f"<= N-1 = {N - 1} (the other tokens of a frame)", repr(num_neighbors))
     elif num_neighbors is not None:

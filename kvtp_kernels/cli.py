@@ -28,6 +28,18 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from .options import (
+    ALLOCATIONS,
+    ANNOTATORS,
+    IMAGE_FORMATS,
+    LAYOUTS,
+    MERGES,
+    METHODS,
+    MODEL_DTYPES,
+    MODES,
+    PROMPT_FORMATS,
+)
+
 __all__ = ["build_parser", "main"]
 
 PROG = "kvtp"
@@ -122,7 +134,7 @@ def _check_writable_file(option: str, path: str) -> None:
 
 
 def _modes(text: str) -> tuple[str, ...]:
-    table = {"both": ("full", "kvtp"), "full": ("full",), "kvtp": ("kvtp",)}
+    table = {"both": MODES, **{mode: (mode,) for mode in MODES}}
     if text not in table:
         raise argparse.ArgumentTypeError(f"must be both, full or kvtp; got {text!r}")
     return table[text]
@@ -153,7 +165,7 @@ def _common_video_options(parser: argparse.ArgumentParser, default_max_frames: i
 def _common_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="torch device: auto (cuda if available, else cpu), cpu, "
                                                           "cuda, cuda:N (default: auto)")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+    parser.add_argument("--dtype", default="auto", choices=MODEL_DTYPES,
                         help="model dtype (default: auto = bfloat16 on CUDA, float32 on CPU)")
 
 
@@ -186,25 +198,25 @@ def _add_eval(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="start --output afresh instead of resuming it")
     p.add_argument("--budget", type=_budget, default=0.2,
                    help="tokens kept per video: a ratio in (0, 1] (K = floor(ratio*T*N + 1/2)) or a token count")
-    p.add_argument("--method", default="topk", choices=("topk", "prumerge", "tome", "random"),
+    p.add_argument("--method", default="topk", choices=METHODS,
                    help="within-frame rule once KVTP has fixed each frame's count: topk keeps the best tokens by the "
                         "predictor's attention importance (distinctiveness without a predictor); prumerge (the "
                         "paper's best, needs --predictor) keeps them and folds their most similar tokens in; tome "
                         "merges tokens down to the count; random keeps a random subset")
-    p.add_argument("--merge", default="paper", choices=("paper", "mean"),
+    p.add_argument("--merge", default="paper", choices=MERGES,
                    help="--method prumerge: paper = x_i + sum_j a_j x_j (the authors' code), mean = a weighted mean")
     p.add_argument("--num-neighbors", type=_non_negative_int, default=None,
                    help="--method prumerge: neighbours folded into each kept token (default: min(32, N-1))")
     p.add_argument("--temperature", type=_positive_float, default=2.0,
                    help="tau of softmax(frame scores / tau) that shares the budget among frames")
-    p.add_argument("--allocation", default="exact", choices=("exact", "paper"),
+    p.add_argument("--allocation", default="exact", choices=ALLOCATIONS,
                    help="exact: counts sum to K exactly; paper: the authors' floor(N*min(beta*T*p, 1))")
     p.add_argument("--min-tokens-per-frame", type=_non_negative_int, default=0,
                    help="every frame keeps at least this many tokens")
-    p.add_argument("--layout", default="video", choices=("video", "grid", "frame", "none"),
+    p.add_argument("--layout", default="video", choices=LAYOUTS,
                    help="newlines in the pruned video block (LLaVA-OneVision; the other families have none): video = "
                         "one per video (HF LlavaOnevision), grid = after each kept grid row (original LLaVA-Video)")
-    p.add_argument("--modes", type=_modes, default=("full", "kvtp"), metavar="{both,full,kvtp}",
+    p.add_argument("--modes", type=_modes, default=MODES, metavar="{both,full,kvtp}",
                    help="run the unpruned model, KVTP, or both (default: both)")
     _common_video_options(p)
     p.add_argument("--batch-size", type=_positive_int, default=1,
@@ -213,7 +225,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--attn-implementation", default=None,
                    help="transformers attention implementation (sdpa, eager, flash_attention_2; default: "
                         "transformers' choice)")
-    p.add_argument("--prompt-format", default="auto", choices=("auto", "chat", "plain"),
+    p.add_argument("--prompt-format", default="auto", choices=PROMPT_FORMATS,
                    help="chat: the tokenizer's chat template; plain: '<video>\\n{question and options}\\nAnswer:'; "
                         "auto: chat when a template exists")
     p.add_argument("--chat-template", default=None, metavar="FILE",
@@ -254,7 +266,7 @@ def _add_annotate(sub) -> None:
     p.add_argument("--dense-output", default=None,
                    help="JSONL for the samples that are not sparse (default: <output>.dense.jsonl)")
     p.add_argument("--overwrite", action="store_true", help="start the output files afresh instead of resuming")
-    p.add_argument("--annotator", default="local", choices=("local", "openai"),
+    p.add_argument("--annotator", default="local", choices=ANNOTATORS,
                    help="local: a transformers model from --model (a causal LM scores captions / frame times; a "
                         "LlavaOnevision VLM sees the frames); openai: an OpenAI-compatible chat endpoint at --url")
     p.add_argument("--model", required=True,
@@ -267,7 +279,7 @@ def _add_annotate(sub) -> None:
     p.add_argument("--frames-per-request", type=_positive_int, default=8, help="openai: frames rated per request")
     p.add_argument("--image-size", type=_positive_int, default=384,
                    help="openai: longer side in pixels of the frames sent")
-    p.add_argument("--image-format", default="auto", choices=("auto", "jpeg", "png"),
+    p.add_argument("--image-format", default="auto", choices=IMAGE_FORMATS,
                    help="openai: frame encoding (auto: JPEG with Pillow, else PNG)")
     p.add_argument("--text-only", action="store_true",
                    help="openai: send captions / frame times instead of images (text-only models)")
@@ -280,7 +292,7 @@ def _add_annotate(sub) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=8, help="local: frames scored per forward pass")
     p.add_argument("--max-new-tokens", type=_positive_int, default=64,
                    help="local: length cap of the generated query")
-    p.add_argument("--prompt-format", default="auto", choices=("auto", "chat", "plain"),
+    p.add_argument("--prompt-format", default="auto", choices=PROMPT_FORMATS,
                    help="local: chat template or plain text prompts (auto: chat when the tokenizer has a template)")
     _common_run_options(p)
     p.add_argument("--no-debias", action="store_true",
@@ -323,7 +335,7 @@ def _add_demo(sub) -> None:
                    help="the question (the predictor's query and, with --model, the prompt)")
     p.add_argument("--budget", type=_budget, default=0.2, help="ratio in (0, 1] or token count kept per video")
     p.add_argument("--temperature", type=_positive_float, default=2.0, help="tau of the frame softmax")
-    p.add_argument("--method", default="topk", choices=("topk", "prumerge", "tome", "random"),
+    p.add_argument("--method", default="topk", choices=METHODS,
                    help="within-frame rule (prumerge needs --predictor)")
     _common_video_options(p, default_max_frames=32)
     _common_run_options(p)

@@ -54,10 +54,7 @@ import torch
 from . import ops
 from ._errors import as_int
 from .api import PrunedTokens, _describe, _fail
-
-LAYOUTS = ("grid", "frame", "video", "none")
-OUTPUTS = ("varlen", "padded")
-PADDING_SIDES = ("right", "left")
+from .options import LAYOUTS, OUTPUTS, PADDING_SIDES, check_choice
 
 #: Columns of ``sample_info`` (kPackFields in csrc/include/kvtp/pack.h).
 _PACK_FIELDS = 6
@@ -398,12 +395,9 @@ def pack_multimodal(
     dtype, device = text_embeds.dtype, text_embeds.device
     if text_mask is not None:
         _check_mask("text_mask", text_mask, B, L, device)
-    if layout not in LAYOUTS:
-        _fail("layout", f"one of {LAYOUTS}", repr(layout))
-    if output not in OUTPUTS:
-        _fail("output", f"one of {OUTPUTS}", repr(output))
-    if padding_side not in PADDING_SIDES:
-        _fail("padding_side", f"one of {PADDING_SIDES}", repr(padding_side))
+    check_choice(_fail, "layout", layout, LAYOUTS)
+    check_choice(_fail, "output", output, OUTPUTS)
+    check_choice(_fail, "padding_side", padding_side, PADDING_SIDES)
     if layout == "grid":
         grid_width = as_int(_fail, "grid_width", grid_width, what="an int >= 1 for layout='grid'")
         tokens_per_frame = as_int(_fail, "tokens_per_frame", tokens_per_frame, what="an int >= 1 for layout='grid'")

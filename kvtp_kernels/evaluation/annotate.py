@@ -89,6 +89,7 @@ from typing import Any
 
 import torch
 
+from ..options import IMAGE_FORMATS
 from ..video import VideoDecodeError, load_video
 from .data import ResultsFile, Sample, SampleError, option_letter
 from .evaluate import EvalError, PromptBuilder, VideoModel, left_padded, symbol_token_ids
@@ -113,7 +114,6 @@ __all__ = [
 ]
 
 MAX_LABEL = 5
-IMAGE_FORMATS = ("auto", "jpeg", "png")
 
 DEBIAS_PROMPT = (
     "Rewrite the question below as one short, neutral query that says what has to be found in a video to answer "

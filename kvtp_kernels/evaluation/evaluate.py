@@ -50,6 +50,7 @@ from typing import Any
 import torch
 
 from ..integrations._compat import require_transformers
+from ..options import METHODS, MODES, PROMPT_FORMATS
 from ..video import VideoDecodeError, load_video
 from .data import ResultsFile, Sample, SampleError, option_letter
 
@@ -74,9 +75,6 @@ __all__ = [
     "summarize",
 ]
 
-MODES = ("full", "kvtp")
-METHODS = ("topk", "prumerge", "tome", "random")
-PROMPT_FORMATS = ("auto", "chat", "plain")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: The instruction LLaVA-style models are tuned on for multiple choice.
 DEFAULT_INSTRUCTION = "Answer with the option's letter from the given choices directly."

@@ -54,16 +54,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
 
-from .._errors import as_int, as_real, fail
+from .. import options
+from .._errors import as_int, fail
 from .._errors import describe as _describe
-from ..api import ALLOCATIONS, MERGES, METHODS, PrunedTokens, prune
+from ..api import PrunedTokens, prune
+from ..options import ALLOCATIONS, BACKENDS, LAYOUTS, MERGES, METHODS
 from ..pack import PackedInputs, pack_multimodal
+from ..pixels import frames_to_pixels
 from ..reference import offsets_from_counts
 
 __all__ = [
@@ -80,8 +82,6 @@ __all__ = [
     "renormalize_pixels",
     "video_pixel_values",
 ]
-
-LAYOUTS = ("video", "grid", "frame", "none")
 
 
 _fail = functools.partial(fail, "kvtp_kernels.integrations")
@@ -121,38 +121,19 @@ class KVTPSettings:
     num_neighbors: int | None = None
 
     def __post_init__(self):
-        # numpy scalars and 0-d CPU tensors are numbers too: stored as Python ints / floats
-        def store(name, value):  # frozen: normalised numbers are set once, here
+        # the same checks as kvtp_kernels.prune's (options.py); numbers stored as Python ints / floats
+        def store(name, value):  # frozen: normalised values are set once, here
             object.__setattr__(self, name, value)
-            return value
 
-        b = store("budget", as_real(_fail, "budget", self.budget,
-                                     what="a float ratio in (0, 1] or an int token count >= 1"))
-        if isinstance(b, float) and not (0.0 < b <= 1.0):
-            _fail("budget", "in (0, 1] as a ratio (a float; pass an int for a token count)", repr(b))
-        if isinstance(b, int) and b < 1:
-            _fail("budget", ">= 1 as a token count (an int)", repr(b))
-        t = store("temperature", as_real(_fail, "temperature", self.temperature, what="a finite number > 0"))
-        if not math.isfinite(t) or t <= 0:
-            _fail("temperature", "a finite number > 0", repr(t))
-        if self.allocation not in ALLOCATIONS:
-            _fail("allocation", f"one of {ALLOCATIONS}", repr(self.allocation))
-        m = store("min_tokens_per_frame", as_int(_fail, "min_tokens_per_frame", self.min_tokens_per_frame,
-                                                 what="an int >= 0"))
-        if m < 0:
-            _fail("min_tokens_per_frame", "an int >= 0", repr(m))
-        if self.layout not in LAYOUTS:
-            _fail("layout", f"one of {LAYOUTS}", repr(self.layout))
-        if self.backend not in (None, "reference", "cpu", "triton"):
-            _fail("backend", "None, 'reference', 'cpu' or 'triton'", repr(self.backend))
-        if self.method not in METHODS:
-            _fail("method", f"one of {METHODS}", repr(self.method))
-        if self.merge not in MERGES:
-            _fail("merge", f"one of {MERGES}", repr(self.merge))
-        if self.num_neighbors is not None:
-            n = store("num_neighbors", as_int(_fail, "num_neighbors", self.num_neighbors, what="None or an int >= 0"))
-            if n < 0:
-                _fail("num_neighbors", "None or an int >= 0", repr(n))
+        store("budget", options.check_budget(_fail, self.budget))
+        store("temperature", options.check_temperature(_fail, self.temperature))
+        options.check_choice(_fail, "allocation", self.allocation, ALLOCATIONS)
+        store("min_tokens_per_frame", options.check_min_tokens(_fail, self.min_tokens_per_frame))
+        options.check_choice(_fail, "layout", self.layout, LAYOUTS)
+        options.check_choice(_fail, "backend", self.backend, BACKENDS, allow_none=True)
+        options.check_choice(_fail, "method", self.method, METHODS)
+        options.check_choice(_fail, "merge", self.merge, MERGES)
+        store("num_neighbors", options.check_num_neighbors(_fail, self.num_neighbors))
 
 
 @dataclasses.dataclass
@@ -337,6 +318,16 @@ def locate_videos(video_mask: torch.Tensor, attention_mask: torch.Tensor | None,
     return VideoPlacement(sample_to_video, [r[0] for r in rows], [r[2] for r in rows], [r[4] for r in rows])
 
 
+def _channel_values(values: Sequence[float], name: str, device: torch.device) -> torch.Tensor:
+    """One or three numbers (RGB) -> float32 [3, 1, 1] on ``device``."""
+    t = torch.as_tensor(values, dtype=torch.float32, device=device).reshape(-1)
+    if t.numel() == 1:
+        t = t.expand(3)
+    if t.numel() != 3:
+        _fail(name, "one or three numbers (RGB)", repr(values))
+    return t.reshape(3, 1, 1)
+
+
 def renormalize_pixels(pixel_values: torch.Tensor, source_mean: Sequence[float], source_std: Sequence[float],
                        target_mean: Sequence[float], target_std: Sequence[float]) -> torch.Tensor:
     """Pixels normalised for one vision tower -> normalised for another (same size).
@@ -347,14 +338,7 @@ def renormalize_pixels(pixel_values: torch.Tensor, source_mean: Sequence[float],
     if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() < 3 or pixel_values.shape[-3] != 3:
         _fail("pixel_values", "a float [..., 3, H, W] tensor", _describe(pixel_values))
 
-    def channel(values, name):
-        t = torch.as_tensor(values, dtype=torch.float32, device=pixel_values.device).reshape(-1)
-        if t.numel() == 1:
-            t = t.expand(3)
-        if t.numel() != 3:
-            _fail(name, "one or three numbers (RGB)", repr(values))
-        return t.reshape(3, 1, 1)
-
+    channel = functools.partial(_channel_values, device=pixel_values.device)
     x = pixel_values.float() * channel(source_std, "source_std") + channel(source_mean, "source_mean")
     return (x - channel(target_mean, "target_mean")) / channel(target_std, "target_std")
 
@@ -382,12 +366,10 @@ def video_pixel_values(frames: torch.Tensor, image_size: int, mean: Sequence[flo
     image_size = as_int(_fail, "image_size", image_size, what="an int >= 1")
     if image_size < 1:
         _fail("image_size", "an int >= 1", repr(image_size))
-    lead, (H, W) = frames.shape[:-3], frames.shape[-3:-1]
-    x = frames.reshape(-1, H, W, 3).permute(0, 3, 1, 2).float()
-    if (H, W) != (image_size, image_size):
-        x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bicubic", align_corners=False,
-                                            antialias=True).clamp(0.0, 255.0).round()
-    x = renormalize_pixels(x / 255.0, (0.0,), (1.0,), mean, std)
+    lead = frames.shape[:-3]
+    channel = functools.partial(_channel_values, device=frames.device)
+    x = frames_to_pixels(frames.reshape(-1, *frames.shape[-3:]), image_size, channel(mean, "mean"),
+                         channel(std, "std"))
     return x.reshape(*lead, 3, image_size, image_size)
 
 

@@ -66,6 +66,7 @@ from torch import nn
 
 from .._errors import describe, fail
 from ..integrations._compat import require_transformers
+from ..pixels import frames_to_pixels
 from ..reference import NORM_EPS
 
 __all__ = [
@@ -666,17 +667,10 @@ class FrameRelevancePredictor(nn.Module):
         if frames.numel() == 0:
             _fail("frames", "non-empty (at least one frame, H, W > 0)", _describe(frames))
         S = self.image_size
-        lead, (H, W) = frames.shape[:-3], frames.shape[-3:-1]
-        flat = frames.reshape(-1, H, W, 3)
+        lead = frames.shape[:-3]
         device = torch.device(device) if device is not None else self.device
-        mean, std = self._pixel_mean.to(device), self._pixel_std.to(device)
-        out = torch.empty((flat.shape[0], 3, S, S), dtype=torch.float32, device=device)
-        for start in range(0, flat.shape[0], frames_per_chunk):
-            x = flat[start:start + frames_per_chunk].to(device).permute(0, 3, 1, 2).float()
-            if (H, W) != (S, S):
-                x = F.interpolate(x, size=(S, S), mode="bicubic", align_corners=False, antialias=True)
-                x = x.clamp(0.0, 255.0).round()  # bicubic overshoots; PIL clamps and rounds to uint8
-            out[start:start + x.shape[0]] = (x / 255.0 - mean) / std
+        out = frames_to_pixels(frames.reshape(-1, *frames.shape[-3:]), S, self._pixel_mean.to(device),
+                               self._pixel_std.to(device), device=device, frames_per_chunk=frames_per_chunk)
         return out.reshape(*lead, 3, S, S)
 
     def encode_frames(
