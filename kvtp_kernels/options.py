@@ -56,11 +56,11 @@ def check_number(fail, arg: str, value: object, *, lo: float, integer: bool = Fa
     """-> ``value`` as a Python int (``integer``) or float, ``>= lo`` (``> lo`` when
     ``lo_open``) and finite; numpy scalars and 0-d CPU tensors count as numbers."""
     bound = f"{'>' if lo_open else '>='} {lo}"
-    value = (as_int(fail, arg, value, what=f"an int {bound}") if integer
-             else as_real(fail, arg, value, what=f"a finite number {bound}"))
+    what = f"an int {bound}" if integer else f"a finite number {bound}"
+    value = as_int(fail, arg, value, what=what) if integer else as_real(fail, arg, value, what=what)
     bad = value <= lo if lo_open else value < lo
     if bad or not value - value == 0:  # NaN or infinite (math.isfinite does not trace under dynamo)
-        fail(arg, f"{bound} and finite", repr(value))
+        fail(arg, f"{bound} (an int)" if integer else what, repr(value))
     return value
 
 
@@ -76,7 +76,7 @@ def check_budget(fail, budget: object) -> int | float:
         fail("budget", "a float ratio in (0, 1] or an int token count", repr(budget))
     if isinstance(budget, numbers.Integral):
         if budget <= 0:
-            fail("budget", "> 0 as a token count (an int)", repr(budget))
+            fail("budget", ">= 1 as a token count (an int > 0)", repr(budget))
         return int(budget)
     budget = float(budget)
     if not (0.0 < budget <= 1.0):
