@@ -42,19 +42,9 @@ from typing import Any
 import torch
 
 from .._errors import describe
+from . import patching
 from .keep_mask import KeepMaskResult, prune_to_keep_mask
-from .patching import (
-    KVTP_KWARGS,
-    PATCH_ATTR,
-    Patch,
-    bind_call,
-    check_no_cache,
-    count_lengths_from_prompt,
-    install_patch,
-    original_method,
-    saved_methods,
-    with_prompt,
-)
+from .patching import KVTP_KWARGS
 from .placement import infer_padding_side
 from .recording import record_stats
 from .settings import KVTPSettings, _fail
@@ -65,7 +55,7 @@ _describe = functools.partial(describe, device=False)
 
 
 @dataclasses.dataclass
-class KeepMaskPatch(Patch):
+class KeepMaskPatch(patching.Patch):
     """What apply_kvtp keeps on a keep-mask-family model: :class:`.patching.Patch` and the family."""
 
     family: Any  # the family object (qwen_vl.QwenVL, llava_next_video.LlavaNextVideo)
@@ -87,8 +77,8 @@ def install(model: Any, family: Any, settings: KVTPSettings, predictor: Any, tok
     As for LLaVA-OneVision (:func:`.patching.install_method`): bound methods that find the
     patch and the replaced method through ``self``, so a deep copy is patched on its own.
     """
-    patch = KeepMaskPatch(settings, predictor, tokenizer, mean, std, saved_methods(model), family)
-    return install_patch(model, patch, _forward, _generate)
+    patch = KeepMaskPatch(settings, predictor, tokenizer, mean, std, patching.saved_methods(model), family)
+    return patching.install_patch(model, patch, _forward, _generate)
 
 
 # ----------------------------------------------------------------------------------
@@ -96,25 +86,25 @@ def install(model: Any, family: Any, settings: KVTPSettings, predictor: Any, tok
 # ----------------------------------------------------------------------------------
 def _bound_call(signature: inspect.Signature, args: tuple, kwargs: dict) -> tuple[dict | None, tuple]:
     """-> (the call as keywords when it carries video pixels, else None; the kvtp keyword arguments)."""
-    extra = tuple(kwargs.pop(name, None) for name in KVTP_KWARGS)
+    extra = tuple(kwargs.pop(name, None) for name in patching.KVTP_KWARGS)
     if (kwargs.get("mm_encoder_outputs") or {}).get("video") is not None:
         _fail("mm_encoder_outputs", "without a 'video' entry on a model patched by apply_kvtp (KVTP prunes the "
               "features it computes from pixel_values_videos; pass those instead)", "a 'video' entry")
     if not args and kwargs.get("pixel_values_videos") is None:
         return None, extra
-    call = bind_call(signature, args, kwargs)
+    call = patching.bind_call(signature, args, kwargs)
     return (call if call.get("pixel_values_videos") is not None else None), extra
 
 
 def _forward(model, *args, **kwargs):
-    patch = model.__dict__[PATCH_ATTR]
-    original = original_method(model, "forward")
+    patch = model.__dict__[patching.PATCH_ATTR]
+    original = patching.original_method(model, "forward")
     if patch.busy == threading.get_ident():  # a step of our own generate: the call is already pruned
         return original(*args, **kwargs)
     call, (query, frames) = _bound_call(inspect.signature(original), args, kwargs)
     if call is None:
         return original(*args, **kwargs)
-    check_no_cache(call)
+    patching.check_no_cache(call)
     side = infer_padding_side(call.get("attention_mask"))
     user_positions = call.get("position_ids")
     prepared = _prepare(model, patch, call, query, frames, padding_side=side, generating=False)
@@ -128,12 +118,12 @@ def _forward(model, *args, **kwargs):
 
 
 def _generate(model, *args, **kwargs):
-    patch = model.__dict__[PATCH_ATTR]
-    original = original_method(model, "generate")
+    patch = model.__dict__[patching.PATCH_ATTR]
+    original = patching.original_method(model, "generate")
     call, (query, frames) = _bound_call(inspect.signature(original), args, kwargs)
     if call is None:
         return original(*args, **kwargs)
-    check_no_cache(call)
+    patching.check_no_cache(call)
     if call.get("inputs") is not None:
         call["input_ids"] = call.pop("inputs")
     if call.get("position_ids") is not None:
@@ -143,10 +133,10 @@ def _generate(model, *args, **kwargs):
     with torch.no_grad():  # as HF's generate
         prepared = _prepare(model, patch, call, query, frames, padding_side="left", generating=True)
     call["position_ids"] = patch.family.generate_positions(prepared.result, prepared.positions)
-    count_lengths_from_prompt(model, call, prompt_ids.shape[1])
+    patching.count_lengths_from_prompt(model, call, prompt_ids.shape[1])
     with prepared.feeding(model, patch):
         out = original(**call)
-    return with_prompt(out, prompt_ids, call["input_ids"].shape[1])
+    return patching.with_prompt(out, prompt_ids, call["input_ids"].shape[1])
 
 
 def _check_positions(user: Any, result: KeepMaskResult) -> torch.Tensor:

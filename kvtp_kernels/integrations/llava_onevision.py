@@ -129,7 +129,7 @@ from .patching import (
     with_prompt,
 )
 from .placement import locate_videos
-from .predictor_inputs import video_queries
+from .predictor_inputs import given_frames, video_queries
 from .recording import record_stats
 from .settings import KVTPSettings, VideoPlacement, _fail
 
@@ -295,12 +295,8 @@ def _predictor_frames(patch: _Patch, frames: Any, call: dict, frame_counts: list
     if frames is not None:
         if isinstance(frames, torch.Tensor) and frames.dim() == 4 and V == 1:
             frames = [frames]
-        if isinstance(frames, torch.Tensor) and frames.dim() == 5:
-            frames = list(frames.unbind(0))
-        if not isinstance(frames, (list, tuple)) or len(frames) != V:
-            _fail("kvtp_frames", f"V = {V} videos: [V, T, H, W, 3] uint8 / [V, T, 3, {S}, {S}] float, or a list",
-                  _describe(frames) if not isinstance(frames, (list, tuple)) else f"a list of {len(frames)}")
-        frames = [f if isinstance(f, torch.Tensor) else torch.as_tensor(f) for f in frames]
+        frames = given_frames(frames, V, f"V = {V} videos: [V, T, H, W, 3] uint8 / [V, T, 3, {S}, {S}] float, "
+                              "or a list")
         for v, f in enumerate(frames):
             if f.dim() < 1 or f.shape[0] != frame_counts[v]:
                 _fail(f"kvtp_frames[{v}]", f"{frame_counts[v]} frames (those of video {v})", _describe(f))

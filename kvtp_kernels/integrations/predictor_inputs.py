@@ -1,6 +1,6 @@
 """The relevance predictor for the keep-mask families: frame scores per frame unit, token importance per grid.
 
-(:func:`video_queries`, the query of each video, serves LLaVA-OneVision too.)
+(:func:`video_queries` and :func:`given_frames` serve LLaVA-OneVision too.)
 
 For each video of a call (:mod:`.keep_mask_adapter`):
 
@@ -31,7 +31,7 @@ from .._errors import describe
 from .frames import predictor_scores, renormalize_pixels
 from .settings import _fail
 
-__all__ = ["pool_per_unit", "predictor_inputs", "video_queries", "video_samples"]
+__all__ = ["given_frames", "pool_per_unit", "predictor_inputs", "video_queries", "video_samples"]
 
 _describe = functools.partial(describe, device=False)
 
@@ -93,6 +93,16 @@ def video_queries(tokenizer: Any, query: Any, input_ids: torch.Tensor | None, at
     return out
 
 
+def given_frames(frames: Any, num_videos: int, expected: str) -> list[torch.Tensor]:
+    """``kvtp_frames`` -> ``num_videos`` tensors: a 5-D [V, ...] tensor or a sequence of V (``expected``: in words)."""
+    if isinstance(frames, torch.Tensor) and frames.dim() == 5:
+        frames = list(frames.unbind(0))
+    if not isinstance(frames, (list, tuple)) or len(frames) != num_videos:
+        _fail("kvtp_frames", expected,
+              _describe(frames) if not isinstance(frames, (list, tuple)) else f"a list of {len(frames)}")
+    return [f if isinstance(f, torch.Tensor) else torch.as_tensor(f) for f in frames]
+
+
 def _to_uint8(frames: torch.Tensor, mean, std) -> torch.Tensor:
     """Normalised [F, 3, H, W] -> uint8 RGB [F, H, W, 3]."""
     x01 = renormalize_pixels(frames, mean, std, (0.0,), (1.0,))
@@ -113,12 +123,8 @@ def predictor_inputs(model, patch, call: dict, query: Any, frames: Any, features
                             input_ids.shape[0])
     per_unit = family.frames_per_unit(config)
     if frames is not None:
-        if isinstance(frames, torch.Tensor) and frames.dim() == 5:
-            frames = list(frames.unbind(0))
-        if not isinstance(frames, (list, tuple)) or len(frames) != V:
-            _fail("kvtp_frames", f"V = {V} videos: a list of uint8 [F, H, W, 3] or the predictor's [F, 3, S, S]",
-                  _describe(frames) if not isinstance(frames, (list, tuple)) else f"a list of {len(frames)}")
-        frames = [f if isinstance(f, torch.Tensor) else torch.as_tensor(f) for f in frames]
+        frames = given_frames(frames, V, f"V = {V} videos: a list of uint8 [F, H, W, 3] or the predictor's "
+                              "[F, 3, S, S]")
     else:
         if patch.pixel_mean is None:
             _fail("kvtp_frames", "given, or apply_kvtp(..., processor=) given so that the frames can be recovered "
