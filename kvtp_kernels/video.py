@@ -135,20 +135,37 @@ def load_video(
     import av  # lazily: only video loading needs PyAV
 
     _check_args(fps, max_frames)
+    path = _check_path(path)
+    pts, time_base, start, declared = _demux(av, path)
+    if declared and len(pts) < declared:
+        warnings.warn(f"kvtp_kernels.load_video: {path!r}: only {len(pts)} of the {declared} frames its container "
+                      "declares are in the file (truncated?); sampling from those", TruncatedVideoWarning,
+                      stacklevel=2)
+    times = [float((p - start) * time_base) for p in pts]
+    wanted = select_frames(times, fps, max_frames)
+    frames, stamps = _decode(av, path, pts, times, wanted, start, time_base)
+    return torch.stack(frames), torch.tensor(stamps, dtype=torch.float64)
+
+
+def _check_path(path: str | os.PathLike) -> str:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"kvtp_kernels.load_video: no such file: {path!r}")
     if os.path.isdir(path):
         raise VideoDecodeError(path, "it is a directory, not a video file")
+    return path
 
-    def open_container():
-        try:
-            return av.open(path)
-        except (av.FFmpegError, UnicodeDecodeError) as exc:
-            raise VideoDecodeError(path, f"FFmpeg cannot open it ({exc})") from exc
 
-    # Pass 1: demux only (no decoding), to learn every frame's timestamp.
-    with open_container() as container:
+def _open(av, path: str):
+    try:
+        return av.open(path)
+    except (av.FFmpegError, UnicodeDecodeError) as exc:
+        raise VideoDecodeError(path, f"FFmpeg cannot open it ({exc})") from exc
+
+
+def _demux(av, path: str) -> tuple[list[int], Fraction, int, int]:
+    """Pass 1, demux only (no decoding) -> (every frame's pts, ascending; time base; start; declared frame count)."""
+    with _open(av, path) as container:
         if not container.streams.video:
             raise VideoDecodeError(path, "it has no video stream")
         stream = container.streams.video[0]
@@ -162,21 +179,21 @@ def load_video(
     if not pts:
         declared_note = f" (the container declares {declared})" if declared else ""
         raise VideoDecodeError(path, f"its video stream has no frames (zero frames){declared_note}")
-    if declared and len(pts) < declared:
-        warnings.warn(f"kvtp_kernels.load_video: {path!r}: only {len(pts)} of the {declared} frames its container "
-                      "declares are in the file (truncated?); sampling from those", TruncatedVideoWarning,
-                      stacklevel=2)
-    times = [float((p - start) * time_base) for p in pts]
-    wanted = select_frames(times, fps, max_frames)
+    return pts, time_base, start, declared
+
+
+def _decode(av, path: str, pts: list[int], times: list[float], wanted: list[int], start: int,
+            time_base: Fraction) -> tuple[list[torch.Tensor], list[float]]:
+    """Pass 2: decode, convert only the wanted frames -> (RGB frames [H, W, 3], their times).
+
+    The decoder emits frames in presentation order, so a frame without a pts is matched by its ordinal.
+    """
     wanted_pts = {pts[i] for i in wanted}
     wanted_ordinals = set(wanted)
-
-    # Pass 2: decode, convert only the wanted frames. The decoder emits frames in
-    # presentation order, so a frame without a pts is matched by its ordinal.
     frames: list[torch.Tensor] = []
     stamps: list[float] = []
     size = None
-    with open_container() as container:
+    with _open(av, path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         try:
@@ -199,4 +216,4 @@ def load_video(
         raise VideoDecodeError(
             path, f"{len(wanted)} frames were sampled from the container's timestamps but {len(frames)} of them "
                   "were decoded (decoded timestamps do not match the packets')")
-    return torch.stack(frames), torch.tensor(stamps, dtype=torch.float64)
+    return frames, stamps

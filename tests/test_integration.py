@@ -322,25 +322,31 @@ def test_right_padding_labels_and_position_ids(model):
     torch.testing.assert_close(actual.loss, expected.loss, rtol=0, atol=1e-5)
 
 
-def test_embeddings_input_finds_the_placeholders_by_embedding(model):
+def _pixels_and_other_inputs(model, seed, other):
+    """Pruned logits of a two-video batch from ``input_ids`` + pixels, and from ``other(ids, mask, pixels)``."""
     T = 3
     ids, mask = batch([video_prompt(pre, post, T) for pre, post in PROMPTS[:2]])
-    pixels = torch.stack(videos(T, T, seed=15))
+    pixels = torch.stack(videos(T, T, seed=seed))
     with torch.no_grad(), kvtp(model, budget=0.3):
-        from_ids = model(input_ids=ids, attention_mask=mask, pixel_values_videos=pixels).logits
-        embeds = model.get_input_embeddings()(ids)
-        from_embeds = model(inputs_embeds=embeds, attention_mask=mask, pixel_values_videos=pixels).logits
+        from_pixels = model(input_ids=ids, attention_mask=mask, pixel_values_videos=pixels).logits
+        from_other = model(**other(ids, mask, pixels)).logits
+    return from_pixels, from_other
+
+
+def test_embeddings_input_finds_the_placeholders_by_embedding(model):
+    def embeddings(ids, mask, pixels):
+        return dict(inputs_embeds=model.get_input_embeddings()(ids), attention_mask=mask, pixel_values_videos=pixels)
+
+    from_ids, from_embeds = _pixels_and_other_inputs(model, 15, embeddings)
     torch.testing.assert_close(from_embeds, from_ids, rtol=0, atol=0)
 
 
 def test_precomputed_video_features(model):
-    T = 3
-    ids, mask = batch([video_prompt(pre, post, T) for pre, post in PROMPTS[:2]])
-    pixels = torch.stack(videos(T, T, seed=8))
-    with torch.no_grad(), kvtp(model, budget=0.3):
-        from_pixels = model(input_ids=ids, attention_mask=mask, pixel_values_videos=pixels).logits
+    def features(ids, mask, pixels):
         encoded = _compat.get_video_features(model.model, pixels, return_dict=True)
-        from_features = model(input_ids=ids, attention_mask=mask, mm_encoder_outputs={"video": encoded}).logits
+        return dict(input_ids=ids, attention_mask=mask, mm_encoder_outputs={"video": encoded})
+
+    from_pixels, from_features = _pixels_and_other_inputs(model, 8, features)
     torch.testing.assert_close(from_features, from_pixels, rtol=0, atol=0)
 
 

@@ -13,9 +13,9 @@ import math
 import pytest
 import tiny_models
 import torch
+from helpers_models import reference_keep_mask
 from tiny_models import BOS, EOS, PAD, SIZE, VIDEO, N, kvtp, tiny_llava_next_video_model
 
-from kvtp_kernels import reference as ref
 from kvtp_kernels.integrations import _compat, apply_kvtp, is_kvtp_applied
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -39,19 +39,9 @@ def reference_keep(model, inputs, budget):
     with torch.no_grad():
         pooled = _compat.get_video_features(model.model, inputs["pixel_values_videos"], vision_feature_layer=-1,
                                             vision_feature_select_strategy="full", return_dict=True).pooler_output
-    flags = []
     T = inputs["pixel_values_videos"].shape[1]
-    for rows in pooled:
-        tokens = rows.reshape(T, N, -1)  # [T, N, D]; [T*N, D] from transformers 5.21
-        K = math.floor(budget * T * N + 0.5)
-        counts = ref.keep_counts_ref(torch.zeros(1, T), K, N, 2.0, 0, False, budget)
-        _, indices, *_ = ref.prune_tokens_ref(tokens[None], counts, None)
-        f = torch.zeros(T * N, dtype=torch.bool)
-        f[indices] = True
-        flags.append(f)
-    keep = inputs["attention_mask"].bool().clone()
-    keep[inputs["input_ids"] == VIDEO] = torch.cat(flags)
-    return keep
+    features = [rows.reshape(T, N, -1) for rows in pooled]  # [T, N, D]; [T*N, D] from transformers 5.21
+    return reference_keep_mask(inputs, VIDEO, features, budget)
 
 
 def masked_reference(model, inputs, keep, positions, new_tokens=0):

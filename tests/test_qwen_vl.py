@@ -16,6 +16,7 @@ import pytest
 import tiny_models
 import torch
 import transformers
+from helpers_models import reference_keep_mask
 from tiny_models import (
     BOS,
     EOS,
@@ -30,7 +31,6 @@ from tiny_models import (
     tiny_qwen_model,
 )
 
-from kvtp_kernels import reference as ref
 from kvtp_kernels.integrations import apply_kvtp, is_kvtp_applied, remove_kvtp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -69,19 +69,9 @@ def reference_keep(model, inputs, budget):
     with torch.no_grad():
         pooled = model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"],
                                                 return_dict=True).pooler_output
-    flags = []
-    for v, (t, h, w) in enumerate(inputs["video_grid_thw"].tolist()):
-        N = (h // 2) * (w // 2)
-        tokens = pooled[v].reshape(1, t, N, -1)
-        K = budget if isinstance(budget, int) else math.floor(budget * t * N + 0.5)
-        counts = ref.keep_counts_ref(torch.zeros(1, t), K, N, 2.0, 0, False, budget)
-        _, indices, *_ = ref.prune_tokens_ref(tokens, counts, None)
-        f = torch.zeros(t * N, dtype=torch.bool)
-        f[indices] = True
-        flags.append(f)
-    keep = inputs["attention_mask"].bool().clone()
-    keep[inputs["input_ids"] == VIDEO] = torch.cat(flags)
-    return keep
+    features = [pooled[v].reshape(t, (h // 2) * (w // 2), -1)
+                for v, (t, h, w) in enumerate(inputs["video_grid_thw"].tolist())]
+    return reference_keep_mask(inputs, VIDEO, features, budget)
 
 
 def full_positions(model, inputs):

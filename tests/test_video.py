@@ -112,14 +112,19 @@ def test_not_a_video(tmp_path):
         load_video(tmp_path)
 
 
+def _mux_silence(container, samples: int) -> None:
+    """Add an 8 kHz mono audio stream holding ``samples`` silent samples."""
+    stream = container.add_stream("pcm_s16le", rate=8000)
+    frame = av.AudioFrame.from_ndarray(np.zeros((1, samples), dtype=np.int16), format="s16", layout="mono")
+    frame.sample_rate = 8000
+    for packet in [*stream.encode(frame), *stream.encode()]:
+        container.mux(packet)
+
+
 def test_no_video_stream(tmp_path):
     path = str(tmp_path / "audio.wav")
     with av.open(path, "w") as container:
-        stream = container.add_stream("pcm_s16le", rate=8000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), dtype=np.int16), format="s16", layout="mono")
-        frame.sample_rate = 8000
-        for packet in [*stream.encode(frame), *stream.encode()]:
-            container.mux(packet)
+        _mux_silence(container, 800)
     with pytest.raises(VideoDecodeError, match=r"audio\.wav.*no video stream"):
         load_video(path)
 
@@ -130,11 +135,7 @@ def test_zero_frames(tmp_path):
     with av.open(path, "w", format="matroska") as container:
         video = container.add_stream("mpeg4", rate=10)
         video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
-        audio = container.add_stream("pcm_s16le", rate=8000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.int16), format="s16", layout="mono")
-        frame.sample_rate = 8000
-        for packet in [*audio.encode(frame), *audio.encode()]:
-            container.mux(packet)
+        _mux_silence(container, 1024)
     with pytest.raises(VideoDecodeError, match=r"empty\.mkv.*zero frames"):
         load_video(path)
 

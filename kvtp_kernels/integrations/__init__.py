@@ -3,6 +3,10 @@
 - :mod:`.core`: video features [V, T, N, D] + the placeholder mask + the embedded
   prompt -> shortened ``inputs_embeds``, attention mask, position ids and
   accounting (:func:`prune_video_inputs`); how to wire another VLM is in its docstring.
+  Its pieces: :mod:`.settings` (:class:`KVTPSettings`, :class:`KVTPStats`, the results),
+  :mod:`.placement` (where the videos sit in the prompt), :mod:`.frames` (pixels for a
+  vision tower or the predictor, :func:`predictor_scores`), :mod:`.pruning` (one prune
+  call per video shape, shared with the keep-mask path).
 - :mod:`.keep_mask`: the keep-mask path (any placeholder layout, several spans per
   sample, original positions kept, 1-D or M-RoPE): :func:`prune_to_keep_mask`.
 - :mod:`.dispatch`: :func:`apply_kvtp` / :func:`remove_kvtp`, one entry point for
@@ -10,6 +14,8 @@
   :mod:`.llava_onevision` (LLaVA-Video, LLaVA-OneVision), :mod:`.qwen_vl`
   (Qwen2-VL, Qwen2.5-VL, Qwen3-VL).
 - :mod:`.flops`: LLM prefill FLOPs from a config and a sequence length.
+- :mod:`.lmms_eval` (needs lmms-eval; its model args in :mod:`.lmms_eval_args`): KVTP as an
+  lmms-eval model.
 
 Nothing here imports transformers at import time; :func:`apply_kvtp` does, and
 refuses releases older than 5.17 (:mod:`._compat` holds every difference

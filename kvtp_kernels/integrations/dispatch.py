@@ -19,12 +19,12 @@ from __future__ import annotations
 from typing import Any
 
 from ._compat import require_transformers
-from .core import KVTPSettings
 from .keep_mask_adapter import install as install_keep_mask
 from .llava_next_video import LLAVA_NEXT_VIDEO_CLASSES, LlavaNextVideo
 from .llava_onevision import install as install_llava_onevision
 from .patching import from_processor, is_kvtp_applied, remove_kvtp
 from .qwen_vl import QWEN_VL_CLASSES, QwenVL
+from .settings import KVTPSettings
 
 __all__ = ["SUPPORTED_MODELS", "apply_kvtp", "is_kvtp_applied", "remove_kvtp"]
 
@@ -90,6 +90,22 @@ def apply_kvtp(
         RuntimeError: the model is already patched.
     """
     transformers = require_transformers("kvtp_kernels.integrations.apply_kvtp")
+    family = _check_model(transformers, model)
+    llava_onevision = family == "LlavaOnevisionForConditionalGeneration"
+    settings = KVTPSettings(budget, temperature, allocation, min_tokens_per_frame, _layout(family, layout), backend,
+                            method, merge, num_neighbors)
+    _check_predictor(method, predictor)
+    tokenizer, mean, std = from_processor(processor)
+    if llava_onevision:
+        install_llava_onevision(model, settings, predictor, tokenizer, mean, std)
+    else:
+        adapter = LlavaNextVideo() if family in LLAVA_NEXT_VIDEO_CLASSES else QwenVL(family)
+        install_keep_mask(model, adapter, settings, predictor, tokenizer, mean, std)
+    return model
+
+
+def _check_model(transformers: Any, model: Any) -> str:
+    """The model's family (a name of :data:`SUPPORTED_MODELS`); an unsupported or patched model is an error."""
     family = _family(transformers, model)
     if family is None:
         name = type(model).__name__
@@ -101,14 +117,22 @@ def apply_kvtp(
     if is_kvtp_applied(model):
         raise RuntimeError("kvtp_kernels.integrations.apply_kvtp: the model is already patched; call "
                            "remove_kvtp(model) first to change the settings")
+    return family
+
+
+def _layout(family: str, layout: str | None) -> str:
+    """The family's layout: LLaVA-OneVision's default "video"; the others have no newlines ("none")."""
     llava_onevision = family == "LlavaOnevisionForConditionalGeneration"
     if not llava_onevision and layout not in (None, "none"):
         raise ValueError(f"kvtp_kernels.integrations.apply_kvtp: `layout` must be None or 'none' for {family} "
                          f"(its video has no newline tokens); got {layout!r}")
     if layout is None:
         layout = "video" if llava_onevision else "none"
-    settings = KVTPSettings(budget, temperature, allocation, min_tokens_per_frame, layout, backend, method, merge,
-                            num_neighbors)
+    return layout
+
+
+def _check_predictor(method: str, predictor: Any) -> None:
+    """A FrameRelevancePredictor or None; prumerge needs one."""
     if method == "prumerge" and predictor is None:
         raise ValueError("kvtp_kernels.integrations.apply_kvtp: `method` 'prumerge' needs a `predictor`: its token "
                          "importance (SigLIP attention pooling) gives the merge weights; got predictor=None")
@@ -118,10 +142,3 @@ def apply_kvtp(
         if not isinstance(predictor, FrameRelevancePredictor):
             raise TypeError(f"kvtp_kernels.integrations.apply_kvtp: `predictor` must be a FrameRelevancePredictor "
                             f"or None; got {type(predictor).__name__}")
-    tokenizer, mean, std = from_processor(processor)
-    if llava_onevision:
-        install_llava_onevision(model, settings, predictor, tokenizer, mean, std)
-    else:
-        adapter = LlavaNextVideo() if family in LLAVA_NEXT_VIDEO_CLASSES else QwenVL(family)
-        install_keep_mask(model, adapter, settings, predictor, tokenizer, mean, std)
-    return model

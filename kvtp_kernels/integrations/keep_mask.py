@@ -38,8 +38,9 @@ from typing import Any
 import torch
 
 from .._errors import describe as _describe
-from ..api import prune
-from .core import KVTPSettings, KVTPStats, _fail, _per_video
+from .placement import token_mask
+from .pruning import check_video_scores, group_by_shape, prune_group
+from .settings import KVTPSettings, KVTPStats, _fail, count_prefill_flops, resolve_settings
 
 __all__ = ["KeepMaskResult", "prune_to_keep_mask"]
 
@@ -91,23 +92,9 @@ class KeepMaskResult:
 def _prune_by_shape(features: list[torch.Tensor], scores: list | None, token_scores: list | None,
                     settings: KVTPSettings) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """-> per video (kept rows [K_v, D], local indices [K_v] into T_v*N_v, frame counts [T_v]); one prune per shape."""
-    groups: dict[tuple[int, int], list[int]] = {}
-    for v, f in enumerate(features):
-        groups.setdefault((f.shape[0], f.shape[1]), []).append(v)
     out: list[Any] = [None] * len(features)
-    for (T, N), ids in groups.items():
-        tokens = torch.stack([features[v] for v in ids])
-        device = tokens.device
-        s = (torch.zeros((len(ids), T), dtype=torch.float32, device=device) if scores is None
-             else torch.stack([scores[v].to(device) for v in ids]))
-        ts = None  # tome and random choose tokens without scores
-        if token_scores is not None and settings.method in ("topk", "prumerge"):
-            ts = torch.stack([token_scores[v].to(device) for v in ids])
-        merge_kw = dict(merge=settings.merge, num_neighbors=settings.num_neighbors) \
-            if settings.method == "prumerge" else {}
-        pruned = prune(tokens, s, settings.budget, token_scores=ts, temperature=settings.temperature,
-                       allocation=settings.allocation, min_tokens_per_frame=settings.min_tokens_per_frame,
-                       method=settings.method, backend=settings.backend, **merge_kw)
+    for (T, N), ids in group_by_shape(features).items():
+        pruned = prune_group(features, ids, scores, token_scores, settings)
         cu = pruned.cu_seqlens.tolist()  # host offsets of each video's rows
         for j, v in enumerate(ids):
             lo, hi = cu[j], cu[j + 1]
@@ -144,23 +131,37 @@ def prune_to_keep_mask(
         ValueError: naming the argument: shapes, a placeholder count that differs
             from the videos' T_v*N_v, placeholders outside the attention mask.
     """
-    settings = settings if settings is not None else KVTPSettings()
-    if not isinstance(settings, KVTPSettings):
-        _fail("settings", "a KVTPSettings", _describe(settings))
+    settings = resolve_settings(settings)
     if padding_side not in ("left", "right"):
         _fail("padding_side", "'left' or 'right'", repr(padding_side))
+    vmask, tmask, features = _check_inputs(video_mask, attention_mask, video_features)
+    score_list, token_list = check_video_scores(features, scores, token_scores, unit="frame unit", tokens="N_v")
+    sizes = [f.shape[0] * f.shape[1] for f in features]
+    _check_placeholders(vmask, tmask, sizes)
+
+    per_video = _prune_by_shape(features, score_list, token_list, settings)
+    offsets = [0]
+    for n in sizes:
+        offsets.append(offsets[-1] + n)
+    rows = torch.cat([local.to(vmask.device) + offsets[v] for v, (_, local, _) in enumerate(per_video)])
+    keep = _keep(vmask, tmask, rows, offsets[-1])
+    index, new_mask, host = _rebatch(keep, vmask, tmask, padding_side)
+
+    kept = torch.cat([tokens for tokens, _, _ in per_video])
+    kept_per_video = [tokens.shape[0] for tokens, _, _ in per_video]
+    frame_counts = [counts.tolist() for _, _, counts in per_video]
+    video_of_sample = _first_video_per_sample(host[2], offsets)
+    stats = count_prefill_flops(KVTPStats(host[1], host[0], sizes, kept_per_video, frame_counts, video_of_sample),
+                                flops_config)
+    return KeepMaskResult(keep, index, new_mask, kept, rows, kept_per_video, frame_counts, stats)
+
+
+def _check_inputs(video_mask, attention_mask, video_features) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """-> (placeholder mask, token mask: bool [B, L] on the placeholder mask's device; V features [T_v, N_v, D])."""
     if not isinstance(video_mask, torch.Tensor) or video_mask.dim() != 2:
         _fail("video_mask", "a [B, L] tensor", _describe(video_mask))
-    B, L = video_mask.shape
-    device = video_mask.device
     vmask = video_mask.ne(0)
-    if attention_mask is None:
-        tmask = torch.ones_like(vmask)
-    else:
-        if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != (B, L):
-            _fail("attention_mask", f"a 2-D [B, L] = [{B}, {L}] tensor (4-D masks are not supported with video)",
-                  _describe(attention_mask))
-        tmask = attention_mask.to(device).ne(0)
+    tmask = token_mask(attention_mask, vmask)
     if not isinstance(video_features, (list, tuple)) or len(video_features) == 0:
         _fail("video_features", "a non-empty sequence of [T_v, N_v, D] tensors", _describe(video_features))
     features = list(video_features)
@@ -171,20 +172,11 @@ def prune_to_keep_mask(
             _fail(f"video_features[{v}]", "a non-empty float [T_v, N_v, D] tensor" + (f" with D = {D}" if D else ""),
                   _describe(f))
         D = f.shape[-1]
-    V = len(features)
-    score_list = None if scores is None else _per_video("scores", scores, V)
-    token_list = None if token_scores is None else _per_video("token_scores", token_scores, V)
-    for v, f in enumerate(features):
-        T, N = f.shape[:2]
-        if score_list is not None and (not isinstance(score_list[v], torch.Tensor)
-                                       or tuple(score_list[v].shape) != (T,)):
-            _fail(f"scores[{v}]", f"a [T_v = {T}] tensor (one score per frame unit of video {v})",
-                  _describe(score_list[v]))
-        if token_list is not None and (not isinstance(token_list[v], torch.Tensor)
-                                       or tuple(token_list[v].shape) != (T, N)):
-            _fail(f"token_scores[{v}]", f"a [T_v, N_v] = [{T}, {N}] tensor (video {v})", _describe(token_list[v]))
+    return vmask, tmask, features
 
-    sizes = [f.shape[0] * f.shape[1] for f in features]
+
+def _check_placeholders(vmask: torch.Tensor, tmask: torch.Tensor, sizes: list[int]) -> None:
+    """As many placeholders as the videos' T_v*N_v, all inside the attention mask (one host read)."""
     placeholders, outside = torch.stack([vmask.sum(), (vmask & ~tmask).sum()]).tolist()
     if placeholders != sum(sizes):
         _fail("input_ids", f"{sum(sizes)} video placeholder tokens (the videos' T_v*N_v = {sizes})",
@@ -192,16 +184,21 @@ def prune_to_keep_mask(
     if outside:
         _fail("attention_mask", "1 on every video placeholder position", f"{outside} placeholders masked out")
 
-    per_video = _prune_by_shape(features, score_list, token_list, settings)
-    offsets = [0]
-    for n in sizes:
-        offsets.append(offsets[-1] + n)
-    flags = torch.zeros(offsets[-1], dtype=torch.bool, device=device)
-    rows = torch.cat([local.to(device) + offsets[v] for v, (_, local, _) in enumerate(per_video)])
+
+def _keep(vmask: torch.Tensor, tmask: torch.Tensor, rows: torch.Tensor, total: int) -> torch.Tensor:
+    """bool [B, L]: every token, less the placeholders whose video row (of ``total``) is not in ``rows``."""
+    flags = torch.zeros(total, dtype=torch.bool, device=vmask.device)
     flags[rows] = True
     keep = tmask.clone()
     keep[vmask] = flags
+    return keep
 
+
+def _rebatch(keep: torch.Tensor, vmask: torch.Tensor, tmask: torch.Tensor,
+             padding_side: str) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+    """-> (index [B, L'], attention mask [B, L'], host [kept, tokens, placeholders] per sample)."""
+    B = keep.shape[0]
+    device = keep.device
     lengths = keep.sum(1)
     before = tmask.sum(1)
     host = torch.stack([lengths, before, vmask.sum(1)]).tolist()
@@ -213,18 +210,7 @@ def prune_to_keep_mask(
     new_mask = torch.zeros((B, L_out), dtype=torch.long, device=device)
     index[b_idx, col] = l_idx
     new_mask[b_idx, col] = 1
-
-    kept = torch.cat([tokens for tokens, _, _ in per_video])
-    kept_per_video = [tokens.shape[0] for tokens, _, _ in per_video]
-    frame_counts = [counts.tolist() for _, _, counts in per_video]
-    video_of_sample = _first_video_per_sample(host[2], offsets)
-    stats = KVTPStats(host[1], host[0], sizes, kept_per_video, frame_counts, video_of_sample)
-    if flops_config is not None:
-        from .flops import prefill_flops
-
-        stats.prefill_flops_before = sum(prefill_flops(flops_config, n) for n in host[1])
-        stats.prefill_flops_after = sum(prefill_flops(flops_config, n) for n in host[0])
-    return KeepMaskResult(keep, index, new_mask, kept, rows, kept_per_video, frame_counts, stats)
+    return index, new_mask, host
 
 
 def _first_video_per_sample(placeholders_per_sample: list[int], offsets: list[int]) -> list[int]:

@@ -42,19 +42,12 @@ from typing import Any
 import torch
 
 from .._errors import describe
-from ._compat import passed_cache, with_sequences
-from .core import KVTPSettings, _fail, infer_padding_side
+from . import patching
 from .keep_mask import KeepMaskResult, prune_to_keep_mask
-from .patching import (
-    KVTP_KWARGS,
-    PATCH_ATTR,
-    bind_call,
-    count_lengths_from_prompt,
-    install_method,
-    original_method,
-    saved_methods,
-)
-from .recording import STATS_ATTR, record_stats
+from .patching import KVTP_KWARGS
+from .placement import infer_padding_side
+from .recording import record_stats
+from .settings import KVTPSettings, _fail
 
 __all__ = ["KVTP_KWARGS", "KeepMaskPatch", "install"]
 
@@ -62,15 +55,9 @@ _describe = functools.partial(describe, device=False)
 
 
 @dataclasses.dataclass
-class KeepMaskPatch:
-    """What apply_kvtp keeps on a keep-mask-family model."""
+class KeepMaskPatch(patching.Patch):
+    """What apply_kvtp keeps on a keep-mask-family model: :class:`.patching.Patch` and the family."""
 
-    settings: KVTPSettings
-    predictor: Any
-    tokenizer: Any
-    pixel_mean: tuple[float, ...] | None
-    pixel_std: tuple[float, ...] | None
-    saved: dict[str, tuple[bool, Any]]
     family: Any  # the family object (qwen_vl.QwenVL, llava_next_video.LlavaNextVideo)
     #: the thread inside an original call (whose own forward steps pass straight through), or None
     busy: int | None = None
@@ -90,12 +77,8 @@ def install(model: Any, family: Any, settings: KVTPSettings, predictor: Any, tok
     As for LLaVA-OneVision (:func:`.patching.install_method`): bound methods that find the
     patch and the replaced method through ``self``, so a deep copy is patched on its own.
     """
-    patch = KeepMaskPatch(settings, predictor, tokenizer, mean, std, saved_methods(model), family)
-    model.__dict__[PATCH_ATTR] = patch
-    model.__dict__[STATS_ATTR] = None
-    install_method(model, "forward", _forward)
-    install_method(model, "generate", _generate)
-    return patch
+    patch = KeepMaskPatch(settings, predictor, tokenizer, mean, std, patching.saved_methods(model), family)
+    return patching.install_patch(model, patch, _forward, _generate)
 
 
 # ----------------------------------------------------------------------------------
@@ -103,33 +86,25 @@ def install(model: Any, family: Any, settings: KVTPSettings, predictor: Any, tok
 # ----------------------------------------------------------------------------------
 def _bound_call(signature: inspect.Signature, args: tuple, kwargs: dict) -> tuple[dict | None, tuple]:
     """-> (the call as keywords when it carries video pixels, else None; the kvtp keyword arguments)."""
-    extra = tuple(kwargs.pop(name, None) for name in KVTP_KWARGS)
+    extra = tuple(kwargs.pop(name, None) for name in patching.KVTP_KWARGS)
     if (kwargs.get("mm_encoder_outputs") or {}).get("video") is not None:
         _fail("mm_encoder_outputs", "without a 'video' entry on a model patched by apply_kvtp (KVTP prunes the "
               "features it computes from pixel_values_videos; pass those instead)", "a 'video' entry")
     if not args and kwargs.get("pixel_values_videos") is None:
         return None, extra
-    call = bind_call(signature, args, kwargs)
+    call = patching.bind_call(signature, args, kwargs)
     return (call if call.get("pixel_values_videos") is not None else None), extra
 
 
-def _check_no_cache(call: dict) -> None:
-    cache = passed_cache(call)
-    if cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0:
-        raise ValueError("kvtp_kernels.integrations: video input with a non-empty `past_key_values` is not "
-                         "supported (the pruned prompt must be the first thing in the cache); use generate(), "
-                         "or run the video prompt first")
-
-
 def _forward(model, *args, **kwargs):
-    patch = model.__dict__[PATCH_ATTR]
-    original = original_method(model, "forward")
+    patch = model.__dict__[patching.PATCH_ATTR]
+    original = patching.original_method(model, "forward")
     if patch.busy == threading.get_ident():  # a step of our own generate: the call is already pruned
         return original(*args, **kwargs)
     call, (query, frames) = _bound_call(inspect.signature(original), args, kwargs)
     if call is None:
         return original(*args, **kwargs)
-    _check_no_cache(call)
+    patching.check_no_cache(call)
     side = infer_padding_side(call.get("attention_mask"))
     user_positions = call.get("position_ids")
     prepared = _prepare(model, patch, call, query, frames, padding_side=side, generating=False)
@@ -143,12 +118,12 @@ def _forward(model, *args, **kwargs):
 
 
 def _generate(model, *args, **kwargs):
-    patch = model.__dict__[PATCH_ATTR]
-    original = original_method(model, "generate")
+    patch = model.__dict__[patching.PATCH_ATTR]
+    original = patching.original_method(model, "generate")
     call, (query, frames) = _bound_call(inspect.signature(original), args, kwargs)
     if call is None:
         return original(*args, **kwargs)
-    _check_no_cache(call)
+    patching.check_no_cache(call)
     if call.get("inputs") is not None:
         call["input_ids"] = call.pop("inputs")
     if call.get("position_ids") is not None:
@@ -158,14 +133,10 @@ def _generate(model, *args, **kwargs):
     with torch.no_grad():  # as HF's generate
         prepared = _prepare(model, patch, call, query, frames, padding_side="left", generating=True)
     call["position_ids"] = patch.family.generate_positions(prepared.result, prepared.positions)
-    count_lengths_from_prompt(model, call, prompt_ids.shape[1])
+    patching.count_lengths_from_prompt(model, call, prompt_ids.shape[1])
     with prepared.feeding(model, patch):
         out = original(**call)
-    sequences = out if isinstance(out, torch.Tensor) else out.sequences
-    repeat = sequences.shape[0] // prompt_ids.shape[0]  # num_return_sequences / beams
-    new_tokens = sequences[:, call["input_ids"].shape[1]:]
-    prompt = prompt_ids.to(sequences.device).repeat_interleave(repeat, dim=0)
-    return with_sequences(out, torch.cat([prompt, new_tokens], dim=1))
+    return patching.with_prompt(out, prompt_ids, call["input_ids"].shape[1])
 
 
 def _check_positions(user: Any, result: KeepMaskResult) -> torch.Tensor:

@@ -22,8 +22,8 @@ import torch
 
 from .._errors import describe
 from ._compat import frames_by_tokens, video_features_keyword
-from .core import _fail
 from .keep_mask import KeepMaskResult
+from .settings import _fail
 
 __all__ = ["LLAVA_NEXT_VIDEO_CLASSES", "LlavaNextVideo"]
 

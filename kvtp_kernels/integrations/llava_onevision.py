@@ -114,25 +114,24 @@ import torch
 from .._errors import describe
 from . import _compat
 from ._compat import MIN_TRANSFORMERS
-from .core import (
-    KVTPSettings,
-    VideoPlacement,
-    _fail,
-    locate_videos,
-    predictor_scores,
-    prune_video_inputs,
-    renormalize_pixels,
-)
+from .core import prune_video_inputs
+from .frames import predictor_scores, renormalize_pixels
 from .patching import (
     KVTP_KWARGS,
     PATCH_ATTR,
+    Patch,
     bind_call,
+    check_no_cache,
     count_lengths_from_prompt,
-    install_method,
+    install_patch,
     original_method,
     saved_methods,
+    with_prompt,
 )
-from .recording import STATS_ATTR, record_stats
+from .placement import locate_videos
+from .predictor_inputs import given_frames, video_queries
+from .recording import record_stats
+from .settings import KVTPSettings, VideoPlacement, _fail
 
 __all__ = ["MIN_TRANSFORMERS", "install"]
 
@@ -141,16 +140,10 @@ _describe = functools.partial(describe, device=False)
 
 
 @dataclasses.dataclass
-class _Patch:
-    """What apply_kvtp keeps on the model (a plain object: the predictor is not registered as a submodule)."""
+class _Patch(Patch):
+    """What apply_kvtp keeps on the model: :class:`.patching.Patch` and the pooled grid."""
 
-    settings: KVTPSettings
-    predictor: Any
-    tokenizer: Any
-    pixel_mean: tuple[float, ...] | None
-    pixel_std: tuple[float, ...] | None
     grid: int  # pooled grid side: N = grid * grid
-    saved: dict[str, tuple[bool, Any]]  # method -> (the instance had its own attribute, its value)
 
 
 def install(model: Any, settings: KVTPSettings, predictor: Any, tokenizer: Any, mean: tuple | None,
@@ -158,10 +151,8 @@ def install(model: Any, settings: KVTPSettings, predictor: Any, tokenizer: Any, 
     """Patch the instance's forward / generate (called by :func:`~.dispatch.apply_kvtp` after its checks)."""
     vision = model.config.vision_config
     grid = math.ceil((vision.image_size // vision.patch_size) / 2)  # HF's apply_pooling: bilinear to ceil(g/2)
-    model.__dict__[PATCH_ATTR] = _Patch(settings, predictor, tokenizer, mean, std, grid, saved_methods(model))
-    model.__dict__[STATS_ATTR] = None
-    install_method(model, "forward", _forward)
-    install_method(model, "generate", _generate)
+    install_patch(model, _Patch(settings, predictor, tokenizer, mean, std, saved_methods(model), grid), _forward,
+                  _generate)
 
 
 # ----------------------------------------------------------------------------------
@@ -172,13 +163,15 @@ def _has_video(call: dict) -> bool:
     return call.get("pixel_values_videos") is not None or mm.get("video") is not None
 
 
-def _call(original, args: tuple, kwargs: dict) -> tuple[dict | None, Any]:
-    """-> (the bound call when it has video, else None, and the kvtp keyword arguments)."""
-    extra = tuple(kwargs.pop(name, None) for name in KVTP_KWARGS)
+def _intercept(model, name: str, args: tuple, kwargs: dict) -> tuple[_Patch, Any, dict | None, Any, Any]:
+    """-> (the patch, the original method, the bound call when it has video else None, kvtp_query, kvtp_frames)."""
+    patch = model.__dict__[PATCH_ATTR]
+    original = original_method(model, name)
+    query, frames = (kwargs.pop(key, None) for key in KVTP_KWARGS)
     if not args and not _has_video(kwargs):  # the common case (e.g. every decoding step): no binding
-        return None, extra
+        return patch, original, None, query, frames
     call = bind_call(inspect.signature(original), args, kwargs)
-    return (call if _has_video(call) else None), extra
+    return patch, original, (call if _has_video(call) else None), query, frames
 
 
 def _without_video(call: dict) -> None:
@@ -195,16 +188,10 @@ def _without_video(call: dict) -> None:
 
 
 def _forward(model, *args, **kwargs):
-    patch = model.__dict__[PATCH_ATTR]
-    original = original_method(model, "forward")
-    call, (query, frames) = _call(original, args, kwargs)
+    patch, original, call, query, frames = _intercept(model, "forward", args, kwargs)
     if call is None:
         return original(*args, **kwargs)
-    cache = _compat.passed_cache(call)
-    if cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0:
-        raise ValueError("kvtp_kernels.integrations: video input with a non-empty `past_key_values` is not "
-                         "supported (the pruned prompt must be the first thing in the cache); use generate(), "
-                         "or run the video prompt first")
+    check_no_cache(call)
     user_mask, user_positions, labels = call.get("attention_mask"), call.get("position_ids"), call.get("labels")
     result, placement = _prepare(model, patch, call, query, frames, padding_side=None, labels=labels)
     _without_video(call)
@@ -220,9 +207,7 @@ def _forward(model, *args, **kwargs):
 
 
 def _generate(model, *args, **kwargs):
-    patch = model.__dict__[PATCH_ATTR]
-    original = original_method(model, "generate")
-    call, (query, frames) = _call(original, args, kwargs)
+    patch, original, call, query, frames = _intercept(model, "generate", args, kwargs)
     if call is None:
         return original(*args, **kwargs)
     prompt_ids = call.pop("inputs", None)
@@ -241,12 +226,7 @@ def _generate(model, *args, **kwargs):
     if prompt_ids is not None:
         count_lengths_from_prompt(model, call, prompt_ids.shape[1])
     out = original(**call)
-    if prompt_ids is None:
-        return out
-    sequences = out if isinstance(out, torch.Tensor) else out.sequences
-    repeat = sequences.shape[0] // prompt_ids.shape[0]  # num_return_sequences / beams
-    prompt = prompt_ids.to(sequences.device).repeat_interleave(repeat, dim=0)
-    return _compat.with_sequences(out, torch.cat([prompt, sequences], dim=1))
+    return out if prompt_ids is None else with_prompt(out, prompt_ids, 0)
 
 
 def _renumber_positions(user: torch.Tensor, packed: torch.Tensor, mask: torch.Tensor,
@@ -308,33 +288,6 @@ def _video_features(model, patch: _Patch, call: dict) -> list[torch.Tensor]:
     return features
 
 
-def _queries(patch: _Patch, query: Any, input_ids, attention_mask, video_mask, placement: VideoPlacement,
-             image_token_id: int) -> list[Any]:
-    """One query per video: ``kvtp_query`` (str, or one per sample) or the decoded prompt."""
-    B = len(placement.sample_to_video)
-    pairs = [(b, v) for b, v in enumerate(placement.sample_to_video) if v >= 0]
-    if query is not None:
-        if isinstance(query, str):
-            return [query] * len(pairs)
-        if not isinstance(query, (list, tuple)) or len(query) != B:
-            _fail("kvtp_query", f"a string or a list of B = {B} strings (one per sample)",
-                  repr(query) if not isinstance(query, (list, tuple)) else f"a list of {len(query)}")
-        return [query[b] for b, _ in sorted(pairs, key=lambda p: p[1])]
-    if patch.tokenizer is None or input_ids is None:
-        _fail("kvtp_query", "given (the predictor needs each video's question), or apply_kvtp(..., processor=) "
-              "given so that the prompt can be decoded", "neither")
-    keep = ~video_mask.bool() & input_ids.ne(image_token_id)
-    if attention_mask is not None:
-        keep &= attention_mask.ne(0)
-    queries: list[Any] = [None] * len(pairs)
-    for b, v in pairs:
-        text = patch.tokenizer.decode(input_ids[b][keep[b]].tolist(), skip_special_tokens=True).strip()
-        if not text:
-            _fail("kvtp_query", f"given for sample {b}, whose prompt has no text to use as the query", "None")
-        queries[v] = text
-    return queries
-
-
 def _predictor_frames(patch: _Patch, frames: Any, call: dict, frame_counts: list[int]) -> list[torch.Tensor]:
     """V frame tensors for the predictor: ``kvtp_frames`` or the re-normalised ``pixel_values_videos``."""
     V = len(frame_counts)
@@ -342,12 +295,8 @@ def _predictor_frames(patch: _Patch, frames: Any, call: dict, frame_counts: list
     if frames is not None:
         if isinstance(frames, torch.Tensor) and frames.dim() == 4 and V == 1:
             frames = [frames]
-        if isinstance(frames, torch.Tensor) and frames.dim() == 5:
-            frames = list(frames.unbind(0))
-        if not isinstance(frames, (list, tuple)) or len(frames) != V:
-            _fail("kvtp_frames", f"V = {V} videos: [V, T, H, W, 3] uint8 / [V, T, 3, {S}, {S}] float, or a list",
-                  _describe(frames) if not isinstance(frames, (list, tuple)) else f"a list of {len(frames)}")
-        frames = [f if isinstance(f, torch.Tensor) else torch.as_tensor(f) for f in frames]
+        frames = given_frames(frames, V, f"V = {V} videos: [V, T, H, W, 3] uint8 / [V, T, 3, {S}, {S}] float, "
+                              "or a list")
         for v, f in enumerate(frames):
             if f.dim() < 1 or f.shape[0] != frame_counts[v]:
                 _fail(f"kvtp_frames[{v}]", f"{frame_counts[v]} frames (those of video {v})", _describe(f))
@@ -395,7 +344,9 @@ def _prepare(model, patch: _Patch, call: dict, query: Any, frames: Any, *, paddi
     frame_counts = [f.shape[0] for f in features]
     scores = token_scores = None
     if patch.predictor is not None:
-        queries = _queries(patch, query, input_ids, attention_mask, video_mask, placement, config.image_token_id)
+        samples = [b for b, v in enumerate(placement.sample_to_video) if v >= 0]  # video order
+        queries = video_queries(patch.tokenizer, query, input_ids, attention_mask, video_mask, samples,
+                                [config.image_token_id], len(placement.sample_to_video))
         predictor_frames = _predictor_frames(patch, frames, call, frame_counts)
         scores, token_scores = predictor_scores(patch.predictor, predictor_frames, queries,
                                                 token_grid=(patch.grid, patch.grid), token_pool="bilinear")

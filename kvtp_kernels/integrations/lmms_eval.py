@@ -53,29 +53,8 @@ string (question + options + instructions). The raw document is
 - ``query_field=TASK:FIELD;TASK:FIELD``: per task (a task named by prefix; others as unset);
 - ``query_field=context``: the context string itself.
 
-Per request: the video path(s) from the task's ``doc_to_visual`` are decoded with
-:func:`kvtp_kernels.load_video` (PyAV; the last few videos are cached, since
-multiple-choice options and several questions share a video), resized and normalised
-without an HF processor (:func:`~kvtp_kernels.integrations.video_pixel_values`, the
-checkpoint's processor mean/std) and the prompt is rendered as ``kvtp eval`` renders it
-(:class:`~kvtp_kernels.evaluation.PromptBuilder`: the chat template with the video
-first in the user turn; the context's own ``<video>``/``<image>`` markers are dropped).
-``generate_until`` calls the model's ``generate`` (greedy unless the task asks for
-``temperature > 0``; ``until`` strings cut the text); ``loglikelihood`` (multiple-choice
-tasks) runs one forward pass over prompt + continuation and returns the summed log
-probability of the continuation tokens and whether greedy decoding would give them.
-One video per document; documents without visuals run text-only; image-only documents are
-refused with an error naming the task (this model is for video).
-
-Accounting in the logged samples (``--log_samples``): lmms-eval writes each request's
-``token_counts`` into the sample (``TokenCounts.to_dict()``); this model returns a
-:class:`KVTPTokenCounts` whose dict also holds ``kvtp_stats``: ``kvtp``, ``budget``,
-``method``, ``query``, ``num_frames``, ``kept_per_frame``, ``video_tokens_before`` /
-``_after``, ``llm_tokens_before`` / ``_after``, ``prefill_flops_before`` / ``_after`` (LLM
-prefill, :func:`~kvtp_kernels.integrations.prefill_flops`) and ``flops_ratio``; with
-``kvtp=false`` the "after" numbers equal the "before" ones. ``input_tokens`` is what the
-LLM saw (pruned), ``output_tokens`` the generated tokens. A multiple-choice sample has one
-entry per option (one loglikelihood request each).
+How each request is decoded, prompted, run and accounted for (``kvtp_stats`` in the logged
+samples), how processes share the work and how to add another VLM family: docs/lmms_eval.md.
 
 lmms-eval 0.7.3 passes every model output through ``unwrap_generation_output``, which
 turns a loglikelihood pair ``(float, bool)`` into its ``str()`` (multiple-choice scoring
@@ -83,19 +62,6 @@ then fails: "too many values to unpack"), and takes a ``GenerationResult``'s tex
 is. ``loglikelihood`` therefore returns each pair as the text of a ``GenerationResult``
 (which also carries the token counts). Not supported: lmms-eval's ``--use_cache`` response
 cache with loglikelihood tasks (its validation expects str texts).
-
-Processes: like upstream ``llava_hf``, the constructor makes an ``Accelerator()``; with
-several processes (``accelerate launch`` or ``torchrun``) each takes its own GPU
-(``cuda:LOCAL_RANK``; the CPU where there is none), and rank and world size come from
-torch.distributed (or the accelerator, where torch.distributed is not initialised);
-lmms-eval then shards the documents (``build_all_requests(rank, world_size)``) and
-gathers the results and logged samples on rank 0. Data parallel only (one model copy per
-process); ``batch_size`` must be 1.
-
-Another VLM family is a subclass of :class:`KVTPVideoLmms` with its own ``model_id`` and
-the hooks ``_load``, ``_apply_kvtp``, ``_model_inputs`` and ``_unpruned_video`` (see
-:class:`KVTPLlavaOnevision`), added to :data:`MODEL_CLASSES`: the entry point then
-registers it too.
 """
 
 from __future__ import annotations
@@ -103,7 +69,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import inspect
-import math
 import os
 from typing import Any
 
@@ -118,11 +83,12 @@ except ImportError as _exc:  # pragma: no cover - exercised by the import test w
                       ) from _exc
 
 from ..video import VideoDecodeError, load_video
+from . import lmms_eval_args as args_
+from .lmms_eval_args import log as _log
 from .recording import collect_stats
 
 __all__ = ["MODEL_CLASSES", "KVTPLlavaOnevision", "KVTPTokenCounts", "KVTPVideoLmms", "model_manifests"]
 
-_MARKERS = ("<video>", "<image>")
 _VIDEO_CACHE = 4
 
 
@@ -139,10 +105,8 @@ class KVTPTokenCounts(TokenCounts):
         return out
 
 
-def _log():
-    from loguru import logger  # lmms-eval's logger (a dependency of lmms-eval)
-
-    return logger
+def _read_only(attribute: str) -> property:
+    return property(lambda self: getattr(self, attribute))
 
 
 class KVTPVideoLmms(lmms):
@@ -187,48 +151,44 @@ class KVTPVideoLmms(lmms):
         if unknown:
             accepted = [p for p in inspect.signature(KVTPVideoLmms.__init__).parameters if p not in ("self", "unknown")]
             raise TypeError(f"{self.model_id}: unknown model_args {sorted(unknown)}; accepted: {accepted}")
-        if not isinstance(pretrained, str) or not pretrained:
-            self._bad("pretrained", "a checkpoint (hub name or directory)", pretrained)
-        predictor = None if predictor in (None, "", "none", "None") else predictor
-        if predictor is not None and not isinstance(predictor, str):
-            self._bad("predictor", "a saved predictor (directory or hub name)", predictor)
-        kvtp = self._flag("kvtp", kvtp)
-        if isinstance(max_frames_num, bool) or not isinstance(max_frames_num, int) or max_frames_num < 1:
-            self._bad("max_frames_num", "an int >= 1", max_frames_num)
-        if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float))
-                                or not math.isfinite(fps) or fps <= 0):
-            self._bad("fps", "a number > 0 (or unset: max_frames_num frames uniformly)", fps)
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            self._bad("max_new_tokens", "an int >= 1", max_new_tokens)
-        if str(batch_size) != "1":
-            self._bad("batch_size", "1 (one request at a time; use more processes for throughput)", batch_size)
+        predictor, kvtp = args_.check_model_args(
+            self.model_id, pretrained=pretrained, predictor=predictor, kvtp=kvtp, max_frames_num=max_frames_num,
+            fps=fps, max_new_tokens=max_new_tokens, batch_size=batch_size)
         self._query_fields = self._parse_query_field(query_field)
-
-        from ..integrations import KVTPSettings
-
-        settings = {"budget": budget, "temperature": score_temperature, "allocation": allocation,
-                    "min_tokens_per_frame": min_tokens_per_frame, "layout": "video" if layout is None else layout,
-                    "method": method, "merge": merge, "num_neighbors": num_neighbors}
-        try:
-            KVTPSettings(**settings)
-        except ValueError as exc:  # name the model arg (temperature is score_temperature here)
-            raise ValueError(f"{self.model_id}: model_args: {exc}".replace("`temperature`", "`score_temperature`")
-                             ) from exc
-        if method == "prumerge" and predictor is None and kvtp:
-            self._bad("predictor", "set with method=prumerge (its token importance gives the merge weights)",
-                      predictor)
-        self.kvtp_settings = settings
+        self.kvtp_settings = args_.check_settings(self.model_id, {
+            "budget": budget, "temperature": score_temperature, "allocation": allocation,
+            "min_tokens_per_frame": min_tokens_per_frame, "layout": "video" if layout is None else layout,
+            "method": method, "merge": merge, "num_neighbors": num_neighbors}, predictor, kvtp)
         self.kvtp_enabled = kvtp
         self.max_frames_num, self.fps = max_frames_num, None if fps is None else float(fps)
         self.max_new_tokens = max_new_tokens
         self.pretrained = pretrained
+        self._place(device, dtype)
+        self._load(pretrained, device=self._device, dtype=self._dtype, attn_implementation=attn_implementation,
+                   chat_template=args_.read_template(chat_template), prompt_format=prompt_format)
+        self.predictor = None
+        if predictor is not None and kvtp:  # kvtp=false never scores frames
+            from ..evaluation.evaluate import load_predictor
 
+            self.predictor = self._resolve(load_predictor, "predictor", predictor, device=self._device)
+        if kvtp:
+            self._apply_kvtp(self.model, self.predictor, self.kvtp_settings)
+        self._videos: collections.OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = collections.OrderedDict()
+        self._warned: set[str] = set()
+        if self.rank == 0:
+            state = (f"KVTP budget={budget} method={method} allocation={allocation} "
+                     f"predictor={predictor or 'none (uniform frame scores)'}") if kvtp else "KVTP off (baseline)"
+            _log().info(f"{self.model_id}: {pretrained} on {self._device} ({self._dtype}), {self.world_size} "
+                        f"process(es); {state}; frames: max_frames_num={max_frames_num} fps={fps}")
+
+    def _place(self, device: str | None, dtype: str | None) -> None:
+        """The accelerator, this process's device, rank, world size and dtype."""
         from accelerate import Accelerator
 
         from ..evaluation.evaluate import resolve_device, resolve_dtype
 
         accelerator = Accelerator()
-        world, rank, local = _processes(accelerator)
+        world, rank, local = args_.processes(accelerator)
         if world > 1:
             own = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
             if device not in (None, "auto") and not str(device).startswith(own.type):
@@ -241,22 +201,6 @@ class KVTPVideoLmms(lmms):
             self._rank, self._world_size = 0, 1
         self.accelerator = accelerator
         self._dtype = self._resolve(resolve_dtype, "dtype", dtype, self._device)
-        self._load(pretrained, device=self._device, dtype=self._dtype, attn_implementation=attn_implementation,
-                   chat_template=self._read_template(chat_template), prompt_format=prompt_format)
-        self.predictor = None
-        if predictor is not None and kvtp:  # kvtp=false never scores frames
-            from ..evaluation.evaluate import load_predictor
-
-            self.predictor = self._resolve(load_predictor, "predictor", predictor, device=self._device)
-        if kvtp:
-            self._apply_kvtp(self.model, self.predictor, settings)
-        self._videos: collections.OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = collections.OrderedDict()
-        self._warned: set[str] = set()
-        if self.rank == 0:
-            state = (f"KVTP budget={budget} method={method} allocation={allocation} "
-                     f"predictor={predictor or 'none (uniform frame scores)'}") if kvtp else "KVTP off (baseline)"
-            _log().info(f"{self.model_id}: {pretrained} on {self._device} ({self._dtype}), {self.world_size} "
-                        f"process(es); {state}; frames: max_frames_num={max_frames_num} fps={fps}")
 
     # ------------------------------------------------------------------ hooks of a family
     def _load(self, pretrained: str, *, device: torch.device, dtype: torch.dtype, attn_implementation: str | None,
@@ -285,17 +229,12 @@ class KVTPVideoLmms(lmms):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ lmms-eval's interface
-    @property
-    def model(self):
-        return self._model
-
-    @property
-    def tokenizer(self):
-        return self._tokenizer
-
-    @property
-    def config(self):
-        return self._config
+    model = _read_only("_model")
+    tokenizer = _read_only("_tokenizer")
+    config = _read_only("_config")
+    device = _read_only("_device")
+    rank = _read_only("_rank")
+    world_size = _read_only("_world_size")
 
     @property
     def eot_token_id(self):
@@ -305,42 +244,21 @@ class KVTPVideoLmms(lmms):
     def batch_size(self):
         return 1
 
-    @property
-    def device(self):
-        return self._device
-
-    @property
-    def rank(self):
-        return self._rank
-
-    @property
-    def world_size(self):
-        return self._world_size
-
     def generate_until(self, requests) -> list:
-        from tqdm.auto import tqdm
-
         results = []
-        for request in tqdm(requests, desc=f"{self.model_id} generate_until", disable=self.rank != 0):
-            context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args[:6]
-            doc = self.task_dict[task][split][doc_id]
+        for (context, gen_kwargs, doc_to_visual, doc_id, task, _), doc in self._each(requests, "generate_until"):
             try:
                 frames, query = self._document(task, doc_id, doc, doc_to_visual, context)
                 text, counts = self._generate(context, frames, query, dict(gen_kwargs or {}))
             except (OSError, VideoDecodeError) as exc:
-                text, counts = "", KVTPTokenCounts(kvtp_stats={"error": f"{type(exc).__name__}: {exc}"})
-                _log().error(f"{self.model_id}: task {task} doc {doc_id}: {exc}; answering ''")
+                text, counts = "", self._failed(exc, task, doc_id, "answering ''")
             results.append(GenerationResult(text=text, token_counts=counts))
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
         return results
 
     def loglikelihood(self, requests) -> list:
-        from tqdm.auto import tqdm
-
         results = []
-        for request in tqdm(requests, desc=f"{self.model_id} loglikelihood", disable=self.rank != 0):
-            context, target, doc_to_visual, doc_id, task, split = request.args[:6]
-            doc = self.task_dict[task][split][doc_id]
+        for (context, target, doc_to_visual, doc_id, task, _), doc in self._each(requests, "loglikelihood"):
             continuation = target if isinstance(target, str) else target(doc)
             if not isinstance(continuation, str):
                 raise TypeError(f"{self.model_id}: task {task} doc {doc_id}: the continuation must be a str; "
@@ -350,11 +268,24 @@ class KVTPVideoLmms(lmms):
                 result, counts = self._loglikelihood(context, continuation, frames, query)
             except (OSError, VideoDecodeError) as exc:
                 result = (float("-inf"), False)
-                counts = KVTPTokenCounts(kvtp_stats={"error": f"{type(exc).__name__}: {exc}"})
-                _log().error(f"{self.model_id}: task {task} doc {doc_id}: {exc}; log-likelihood -inf")
+                counts = self._failed(exc, task, doc_id, "log-likelihood -inf")
             results.append(GenerationResult(text=result, token_counts=counts))  # see the module docstring
             self.cache_hook.add_partial("loglikelihood", (context, continuation), result)
         return results
+
+    def _each(self, requests, kind: str):
+        """(the first six request args, the document) of each request, with a progress bar on rank 0."""
+        from tqdm.auto import tqdm
+
+        for request in tqdm(requests, desc=f"{self.model_id} {kind}", disable=self.rank != 0):
+            args = request.args[:6]
+            _, _, _, doc_id, task, split = args
+            yield args, self.task_dict[task][split][doc_id]
+
+    def _failed(self, exc: Exception, task: str, doc_id: Any, answer: str) -> KVTPTokenCounts:
+        """A request whose video could not be read: logged, its error in the accounting."""
+        _log().error(f"{self.model_id}: task {task} doc {doc_id}: {exc}; {answer}")
+        return KVTPTokenCounts(kvtp_stats={"error": f"{type(exc).__name__}: {exc}"})
 
     def generate_until_multi_round(self, requests) -> list:
         raise NotImplementedError(f"{self.model_id}: multi-round generation is not supported (single-turn video QA)")
@@ -447,7 +378,7 @@ class KVTPVideoLmms(lmms):
     def _document(self, task: str, doc_id: Any, doc: Any, doc_to_visual: Any, context: str):
         """-> (uint8 frames [T, H, W, 3] or None, the predictor's query or None)."""
         visuals = doc_to_visual(doc) if callable(doc_to_visual) else doc_to_visual
-        visuals = list(_flatten(visuals or []))
+        visuals = list(args_.flatten(visuals or []))
         paths = [v for v in visuals if isinstance(v, (str, os.PathLike))]
         if len(paths) != len(visuals):
             kinds = sorted({type(v).__name__ for v in visuals if not isinstance(v, (str, os.PathLike))})
@@ -473,55 +404,17 @@ class KVTPVideoLmms(lmms):
         return item[0]
 
     def _parse_query_field(self, value: Any) -> dict[str, str] | str | None:
-        if value in (None, ""):
-            return None
-        if not isinstance(value, str):
-            self._bad("query_field", "a document field name, 'context', or 'TASK:FIELD;TASK:FIELD'", value)
-        if ":" not in value:
-            return value
-        table = {}
-        for part in filter(None, (p.strip() for p in value.split(";"))):
-            task, sep, field = part.partition(":")
-            if not sep or not task.strip() or not field.strip():
-                self._bad("query_field", "'TASK:FIELD' pairs separated by ';'", value)
-            table[task.strip()] = field.strip()
-        return table
+        return args_.parse_query_field(self.model_id, value)
 
     def _query(self, task: str, doc_id: Any, doc: Any, context: str) -> str:
-        spec = self._query_fields
-        field = None
-        if isinstance(spec, str):
-            field = spec
-        elif isinstance(spec, dict):
-            matches = [t for t in spec if task == t or task.startswith(t)]
-            field = spec[max(matches, key=len)] if matches else None
-        if field == "context":
-            return self._strip(context)
-        if field is not None:
-            if not hasattr(doc, "keys") or field not in doc.keys():
-                fields = sorted(doc.keys()) if hasattr(doc, "keys") else type(doc).__name__
-                raise KeyError(f"{self.model_id}: model_args `query_field` {field!r}: task {task} doc {doc_id} has "
-                               f"no such field; its fields: {fields}")
-            return str(doc[field])
-        if hasattr(doc, "keys") and "question" in doc.keys() and isinstance(doc["question"], str) \
-                and doc["question"].strip():
-            return doc["question"]
-        if task not in self._warned:
-            self._warned.add(task)
-            _log().warning(f"{self.model_id}: task {task} has no 'question' field; the predictor scores frames "
-                           "against the context string (set query_field=TASK:FIELD to pick one)")
-        return self._strip(context)
+        return args_.pick_query(self.model_id, self._query_fields, self._warned, task, doc_id, doc, context)
 
     # ------------------------------------------------------------------ helpers
     def _bad(self, name: str, expected: str, got: Any):
-        raise ValueError(f"{self.model_id}: model_args `{name}` must be {expected}; got {got!r}")
+        args_.bad(self.model_id, name, expected, got)
 
     def _flag(self, name: str, value: Any) -> bool:
-        if isinstance(value, bool):
-            return value
-        if value in (0, 1) and not isinstance(value, float):
-            return bool(value)
-        self._bad(name, "true or false", value)
+        return args_.flag(self.model_id, name, value)
 
     def _resolve(self, function, name: str, value: Any, *args, **kwargs):
         """Call one of kvtp eval's loaders, re-labelling its error with the model arg's name."""
@@ -532,43 +425,13 @@ class KVTPVideoLmms(lmms):
         except EvalError as exc:
             raise ValueError(f"{self.model_id}: model_args `{name}`={value!r}: {exc}") from exc
 
-    def _read_template(self, template: str | None) -> str | None:
-        if template is None or not os.path.isfile(template):
-            return template
-        with open(template, encoding="utf-8") as fh:
-            return fh.read()
-
     def _pad_id(self) -> int:
         pad = getattr(self._tokenizer, "pad_token_id", None)
         return int(pad if pad is not None else self.eot_token_id)
 
     @staticmethod
     def _strip(context: str) -> str:
-        for marker in _MARKERS:
-            context = context.replace(marker, "")
-        return context.strip()
-
-
-def _processes(accelerator: Any) -> tuple[int, int, int]:
-    """(world size, rank, local rank) of this run.
-
-    torch.distributed is the ground truth when it is initialised: under ``torchrun`` on CPUs,
-    accelerate 1.15 initialises the gloo group but reports one process (DistributedType.NO).
-    """
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        local = int(os.environ.get("LOCAL_RANK", accelerator.local_process_index))
-        return dist.get_world_size(), dist.get_rank(), local
-    return accelerator.num_processes, accelerator.process_index, accelerator.local_process_index
-
-
-def _flatten(items: Any):
-    for item in items:
-        if isinstance(item, (list, tuple)):
-            yield from _flatten(item)
-        else:
-            yield item
+        return args_.strip_markers(context)
 
 
 class KVTPLlavaOnevision(KVTPVideoLmms):

@@ -9,21 +9,50 @@ them to the copy, so a copy runs its own weights and can be unpatched on its own
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import types
 from typing import Any
 
+import torch
+
+from ._compat import passed_cache, with_sequences
 from .recording import STATS_ATTR
 
-__all__ = ["KVTP_KWARGS", "PATCH_ATTR", "bind_call", "count_lengths_from_prompt", "from_processor", "install_method",
-           "is_kvtp_applied", "original_method", "remove_kvtp", "saved_methods"]
+__all__ = ["KVTP_KWARGS", "PATCH_ATTR", "Patch", "bind_call", "check_no_cache", "count_lengths_from_prompt",
+           "from_processor", "install_method", "install_patch", "is_kvtp_applied", "original_method", "remove_kvtp",
+           "saved_methods", "with_prompt"]
 
 #: Extra keyword arguments the patched forward / generate accept.
 KVTP_KWARGS = ("kvtp_query", "kvtp_frames")
 #: The instance attribute holding the family's patch object (which has ``saved``).
 PATCH_ATTR = "_kvtp_patch"
 PATCHED_METHODS = ("forward", "generate")
+
+
+@dataclasses.dataclass
+class Patch:
+    """What apply_kvtp keeps on a model, every family alike (a plain object: the predictor is not a submodule).
+
+    A family's patch adds its own fields after these.
+    """
+
+    settings: Any  # the KVTPSettings
+    predictor: Any
+    tokenizer: Any
+    pixel_mean: tuple[float, ...] | None
+    pixel_std: tuple[float, ...] | None
+    saved: dict[str, tuple[bool, Any]]  # method -> (the instance had its own attribute, its value)
+
+
+def install_patch(model: Any, patch: Patch, forward, generate) -> Patch:
+    """Keep ``patch`` on the instance and replace its forward / generate by ``forward`` / ``generate``."""
+    model.__dict__[PATCH_ATTR] = patch
+    model.__dict__[STATS_ATTR] = None
+    install_method(model, "forward", forward)
+    install_method(model, "generate", generate)
+    return patch
 
 
 def saved_methods(model: Any) -> dict[str, tuple[bool, Any]]:
@@ -71,6 +100,23 @@ def bind_call(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict[s
         else:
             call[name] = value
     return call
+
+
+def check_no_cache(call: dict) -> None:
+    """Video input needs an empty cache: the pruned prompt must be the first thing in it."""
+    cache = passed_cache(call)
+    if cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0:
+        raise ValueError("kvtp_kernels.integrations: video input with a non-empty `past_key_values` is not "
+                         "supported (the pruned prompt must be the first thing in the cache); use generate(), "
+                         "or run the video prompt first")
+
+
+def with_prompt(out: Any, prompt_ids: torch.Tensor, new_from: int) -> Any:
+    """``generate``'s output with the unpruned prompt ids before its new tokens (columns from ``new_from``)."""
+    sequences = out if isinstance(out, torch.Tensor) else out.sequences
+    repeat = sequences.shape[0] // prompt_ids.shape[0]  # num_return_sequences / beams
+    prompt = prompt_ids.to(sequences.device).repeat_interleave(repeat, dim=0)
+    return with_sequences(out, torch.cat([prompt, sequences[:, new_from:]], dim=1))
 
 
 def remove_kvtp(model: Any) -> Any:

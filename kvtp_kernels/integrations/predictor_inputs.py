@@ -1,5 +1,7 @@
 """The relevance predictor for the keep-mask families: frame scores per frame unit, token importance per grid.
 
+(:func:`video_queries` and :func:`given_frames` serve LLaVA-OneVision too.)
+
 For each video of a call (:mod:`.keep_mask_adapter`):
 
 - the query: ``kvtp_query=`` (a string, or one per sample) or the sample's prompt text
@@ -26,9 +28,10 @@ from typing import Any
 import torch
 
 from .._errors import describe
-from .core import _fail, predictor_scores, renormalize_pixels
+from .frames import predictor_scores, renormalize_pixels
+from .settings import _fail
 
-__all__ = ["pool_per_unit", "predictor_inputs", "video_samples"]
+__all__ = ["given_frames", "pool_per_unit", "predictor_inputs", "video_queries", "video_samples"]
 
 _describe = functools.partial(describe, device=False)
 
@@ -59,32 +62,45 @@ def pool_per_unit(values: torch.Tensor, units: int, per_unit: int) -> torch.Tens
     return values.reshape(units, per_unit, *values.shape[1:]).mean(1)
 
 
-def _queries(patch, query: Any, input_ids: torch.Tensor, attention_mask, video_mask, samples: list[int],
-             config) -> list[Any]:
-    B = input_ids.shape[0]
+def video_queries(tokenizer: Any, query: Any, input_ids: torch.Tensor | None, attention_mask, video_mask,
+                  samples: list[int], skip_ids: list[int], batch: int) -> list[Any]:
+    """One query per video: ``kvtp_query`` (a string, or one per sample) or the prompt of the video's sample.
+
+    ``samples``: the sample of each video; the prompt is decoded without its video
+    placeholders, the tokens ``skip_ids`` and padding.
+    """
     if query is not None:
         if isinstance(query, str):
             return [query] * len(samples)
-        if not isinstance(query, (list, tuple)) or len(query) != B:
-            _fail("kvtp_query", f"a string or a list of B = {B} strings (one per sample)",
+        if not isinstance(query, (list, tuple)) or len(query) != batch:
+            _fail("kvtp_query", f"a string or a list of B = {batch} strings (one per sample)",
                   repr(query) if not isinstance(query, (list, tuple)) else f"a list of {len(query)}")
         return [query[b] for b in samples]
-    if patch.tokenizer is None:
+    if tokenizer is None or input_ids is None:
         _fail("kvtp_query", "given (the predictor needs each video's question), or apply_kvtp(..., processor=) "
               "given so that the prompt can be decoded", "neither")
-    keep = ~video_mask
-    for name in ("image_token_id", "vision_start_token_id", "vision_end_token_id"):
-        if getattr(config, name, None) is not None:
-            keep &= input_ids.ne(getattr(config, name))
+    keep = ~video_mask.bool()
+    for token in skip_ids:
+        keep &= input_ids.ne(token)
     if attention_mask is not None:
         keep &= attention_mask.ne(0)
     out = []
     for b in samples:
-        text = patch.tokenizer.decode(input_ids[b][keep[b]].tolist(), skip_special_tokens=True).strip()
+        text = tokenizer.decode(input_ids[b][keep[b]].tolist(), skip_special_tokens=True).strip()
         if not text:
             _fail("kvtp_query", f"given for sample {b}, whose prompt has no text to use as the query", "None")
         out.append(text)
     return out
+
+
+def given_frames(frames: Any, num_videos: int, expected: str) -> list[torch.Tensor]:
+    """``kvtp_frames`` -> ``num_videos`` tensors: a 5-D [V, ...] tensor or a sequence of V (``expected``: in words)."""
+    if isinstance(frames, torch.Tensor) and frames.dim() == 5:
+        frames = list(frames.unbind(0))
+    if not isinstance(frames, (list, tuple)) or len(frames) != num_videos:
+        _fail("kvtp_frames", expected,
+              _describe(frames) if not isinstance(frames, (list, tuple)) else f"a list of {len(frames)}")
+    return [f if isinstance(f, torch.Tensor) else torch.as_tensor(f) for f in frames]
 
 
 def _to_uint8(frames: torch.Tensor, mean, std) -> torch.Tensor:
@@ -101,15 +117,14 @@ def predictor_inputs(model, patch, call: dict, query: Any, frames: Any, features
     V = len(features)
     video_mask = input_ids == family.video_token_id(config)
     samples = video_samples(video_mask, [f.shape[0] * f.shape[1] for f in features])
-    queries = _queries(patch, query, input_ids, attention_mask, video_mask, samples, config)
+    skip_ids = [getattr(config, name) for name in ("image_token_id", "vision_start_token_id", "vision_end_token_id")
+                if getattr(config, name, None) is not None]
+    queries = video_queries(patch.tokenizer, query, input_ids, attention_mask, video_mask, samples, skip_ids,
+                            input_ids.shape[0])
     per_unit = family.frames_per_unit(config)
     if frames is not None:
-        if isinstance(frames, torch.Tensor) and frames.dim() == 5:
-            frames = list(frames.unbind(0))
-        if not isinstance(frames, (list, tuple)) or len(frames) != V:
-            _fail("kvtp_frames", f"V = {V} videos: a list of uint8 [F, H, W, 3] or the predictor's [F, 3, S, S]",
-                  _describe(frames) if not isinstance(frames, (list, tuple)) else f"a list of {len(frames)}")
-        frames = [f if isinstance(f, torch.Tensor) else torch.as_tensor(f) for f in frames]
+        frames = given_frames(frames, V, f"V = {V} videos: a list of uint8 [F, H, W, 3] or the predictor's "
+                              "[F, 3, S, S]")
     else:
         if patch.pixel_mean is None:
             _fail("kvtp_frames", "given, or apply_kvtp(..., processor=) given so that the frames can be recovered "

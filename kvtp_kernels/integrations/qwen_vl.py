@@ -35,8 +35,8 @@ import torch
 
 from .._errors import describe
 from ._compat import deepstack_levels, deepstack_like
-from .core import _fail
 from .keep_mask import KeepMaskResult
+from .settings import _fail
 
 __all__ = ["QWEN_VL_CLASSES", "QwenVL"]
 
