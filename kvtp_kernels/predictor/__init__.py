@@ -10,6 +10,7 @@
 transformers is imported only when a SiglipModel is built or loaded.
 """
 
+from .._lazy import lazy_attributes
 from .model import (
     ContextFusionHead,
     FrameEncoding,
@@ -26,13 +27,7 @@ from .model import (
 _TRAIN_NAMES = ("RelevanceExample", "TrainConfig", "clip_softmax_pool", "read_relevance_labels", "relevance_loss",
                 "train_predictor")
 
-
-def __getattr__(name: str):
-    if name in _TRAIN_NAMES:
-        from . import train
-
-        return getattr(train, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, "train", _TRAIN_NAMES)
 
 
 __all__ = [
