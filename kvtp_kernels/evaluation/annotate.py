@@ -35,13 +35,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..video import VideoDecodeError, load_video
-from .annotation_text import (  # noqa: F401  (re-exported: the prompts were defined here)
-    DEBIAS_PROMPT,
+from .annotation_text import (  # noqa: F401  (FRAME_PROMPT, NO_CAPTION re-exported: they were defined here)
     FRAME_PROMPT,
     MAX_LABEL,
     NO_CAPTION,
-    SCORE_HEADER,
-    SCORE_REPLY,
     ParsedScores,
     clean_query,
     frame_captions,
