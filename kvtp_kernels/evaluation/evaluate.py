@@ -196,6 +196,20 @@ class _VideoCache:
         return item
 
 
+@dataclasses.dataclass
+class _Batch:
+    """One forward pass's inputs (a group of samples with the same frame count) and what scoring needs."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    pixels: dict[str, torch.Tensor]
+    queries: list[str]
+    frames: list[torch.Tensor]
+    lengths: list[int]  # LLM tokens per sample, unpruned
+    letters: list[list[list[int]]]  # per sample, the token ids of each option letter
+    spans: list[int]  # video tokens per sample, unpruned
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -257,10 +271,9 @@ class Evaluator:
                 remove_kvtp(model)
         return out.logits[:, -1].float().cpu(), stats, seconds
 
-    def _run_group(self, group: list[tuple[Sample, torch.Tensor]]) -> list[dict]:
-        """Samples whose videos have the same frame count -> their records."""
+    def _batch(self, group: list[tuple[Sample, torch.Tensor]]) -> _Batch:
+        """The group's prompts, left-padded, and its videos as the model's input tensors."""
         vm, settings = self.vm, self.settings
-        T = group[0][1].shape[0]
         rows, letters, spans = [], [], []
         for sample, frames in group:
             before, after = self.prompts.encode(multiple_choice_text(sample.question, sample.options,
@@ -274,38 +287,56 @@ class Evaluator:
         pixels = vm.inputs.tensors(frames, ids, [self._stamps.get(s.id) for s, _ in group], device=vm.device,
                                    dtype=vm.dtype)
         queries = [s.query or s.question for s, _ in group]
+        return _Batch(ids, mask, pixels, queries, frames, [len(r) for r in rows], letters, spans)
+
+    def _tower_flops(self, num_frames: int) -> dict[str, int | None]:
+        """Per mode, the vision FLOPs pruning does not remove (None: not counted for this family's tower)."""
+        from ..integrations import vision_tower_flops
+
+        tower = {"full": self.vm.inputs.tower_flops(num_frames)}
+        tower["kvtp"] = None if tower["full"] is None else tower["full"] + (
+            vision_tower_flops(self.predictor.siglip.config.vision_config, num_frames)
+            if self.predictor is not None else 0)
+        return tower
+
+    def _run_group(self, group: list[tuple[Sample, torch.Tensor]]) -> list[dict]:
+        """Samples whose videos have the same frame count -> their records."""
+        T = group[0][1].shape[0]
+        batch = self._batch(group)
         for _ in range(self.warmup):
-            for mode in settings.modes:
-                self._forward(mode, ids, mask, pixels, queries, frames)
+            for mode in self.settings.modes:
+                self._forward(mode, batch.ids, batch.mask, batch.pixels, batch.queries, batch.frames)
         self.warmup = 0
         records = [{"id": s.id, "subset": s.subset, "video": s.video, "question": s.question, "options": s.options,
                     "answer": s.answer_letter, "num_frames": T} for s, _ in group]
-        lengths = [len(r) for r in rows]
-        from ..integrations import prefill_flops, vision_tower_flops
-
-        tower = {"full": vm.inputs.tower_flops(T)}  # None: not counted for this family's tower
-        tower["kvtp"] = None if tower["full"] is None else tower["full"] + (
-            vision_tower_flops(self.predictor.siglip.config.vision_config, T) if self.predictor is not None else 0)
-        for mode in settings.modes:
-            logits, stats, seconds = self._forward(mode, ids, mask, pixels, queries, frames)
+        tower = self._tower_flops(T)
+        for mode in self.settings.modes:
+            logits, stats, seconds = self._forward(mode, batch.ids, batch.mask, batch.pixels, batch.queries,
+                                                   batch.frames)
             for b, (sample, _) in enumerate(group):
-                scores = [max(float(logits[b, t]) for t in token_ids) for token_ids in letters[b]]
-                predicted = max(range(len(scores)), key=lambda i: (scores[i], -i))
-                if stats is None:
-                    vision, llm, kept = spans[b], lengths[b], None
-                else:
-                    v = stats.sample_to_video[b]
-                    vision, llm, kept = stats.video_tokens_after[v], stats.sequence_lengths_after[b], \
-                        stats.kept_per_frame[v]
-                result = {"prediction": option_letter(predicted), "correct": predicted == sample.answer,
-                          "option_logits": [round(s, 6) for s in scores], "vision_tokens": vision, "llm_tokens": llm,
-                          "prefill_flops": prefill_flops(vm.model.config, llm), "latency_s": seconds / len(group)}
-                if tower[mode] is not None:
-                    result["vision_flops"] = tower[mode]
-                if kept is not None:
-                    result["kept_per_frame"] = kept
-                records[b][mode] = result
+                records[b][mode] = self._result(batch, b, sample, logits, stats, seconds / len(group), tower[mode])
         return records
+
+    def _result(self, batch: _Batch, b: int, sample: Sample, logits: torch.Tensor, stats: Any, latency_s: float,
+                vision_flops: int | None) -> dict[str, Any]:
+        """One sample's result in one mode: the predicted option and what it cost."""
+        from ..integrations import prefill_flops
+
+        scores = [max(float(logits[b, t]) for t in token_ids) for token_ids in batch.letters[b]]
+        predicted = max(range(len(scores)), key=lambda i: (scores[i], -i))
+        if stats is None:
+            vision, llm, kept = batch.spans[b], batch.lengths[b], None
+        else:
+            v = stats.sample_to_video[b]
+            vision, llm, kept = stats.video_tokens_after[v], stats.sequence_lengths_after[b], stats.kept_per_frame[v]
+        result = {"prediction": option_letter(predicted), "correct": predicted == sample.answer,
+                  "option_logits": [round(s, 6) for s in scores], "vision_tokens": vision, "llm_tokens": llm,
+                  "prefill_flops": prefill_flops(self.vm.model.config, llm), "latency_s": latency_s}
+        if vision_flops is not None:
+            result["vision_flops"] = vision_flops
+        if kept is not None:
+            result["kept_per_frame"] = kept
+        return result
 
     # ------------------------------------------------------------------ the run
     def run(self, samples: Sequence[Sample], results: ResultsFile, *, batch_size: int = 1,
@@ -335,34 +366,41 @@ class Evaluator:
         evaluated = 0
         with tqdm(total=len(pending), desc="kvtp eval", unit="sample", disable=not progress) as bar:
             for start in range(0, len(pending), batch_size):
-                chunk = pending[start:start + batch_size]
-                groups: dict[int, list[tuple[Sample, torch.Tensor]]] = {}
-                for sample in chunk:
-                    try:
-                        frames, stamps = cache.get(sample.video)
-                        self._stamps[sample.id] = stamps.tolist()
-                    except (OSError, VideoDecodeError) as exc:
-                        errors.append(SampleError(sample.origin, str(exc), sample.id))
-                        bar.update(1)
-                        continue
-                    groups.setdefault(frames.shape[0], []).append((sample, frames))
+                groups = self._decoded_groups(pending[start:start + batch_size], cache, errors, bar)
                 for group in groups.values():
-                    try:
-                        records = self._run_group(group)
-                    except EvalError:
-                        raise
-                    except (ValueError, torch.OutOfMemoryError) as exc:
-                        if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
-                            torch.cuda.empty_cache()
-                        hint = " (try a smaller --batch-size or --max-frames)" if isinstance(
-                            exc, torch.OutOfMemoryError) else ""
-                        for sample, _ in group:
-                            errors.append(SampleError(sample.origin, f"the model run failed: {exc}{hint}", sample.id))
-                        bar.update(len(group))
-                        continue
-                    for record in records:
+                    for record in self._group_records(group, errors):
                         results.append(record)
-                    evaluated += len(records)
+                        evaluated += 1
                     bar.update(len(group))
         records = [results.records[s.id] for s in samples if s.id in results]
         return EvalReport(records, evaluated, resumed, errors)
+
+    def _decoded_groups(self, chunk: Sequence[Sample], cache: _VideoCache, errors: list[SampleError],
+                        bar: Any) -> dict[int, list[tuple[Sample, torch.Tensor]]]:
+        """The chunk's decoded videos, grouped by frame count; a video that does not decode is an error."""
+        groups: dict[int, list[tuple[Sample, torch.Tensor]]] = {}
+        for sample in chunk:
+            try:
+                frames, stamps = cache.get(sample.video)
+                self._stamps[sample.id] = stamps.tolist()
+            except (OSError, VideoDecodeError) as exc:
+                errors.append(SampleError(sample.origin, str(exc), sample.id))
+                bar.update(1)
+                continue
+            groups.setdefault(frames.shape[0], []).append((sample, frames))
+        return groups
+
+    def _group_records(self, group: list[tuple[Sample, torch.Tensor]], errors: list[SampleError]) -> list[dict]:
+        """:meth:`_run_group`; a failure of this group's model run (not a usage error) becomes an error of each
+        of its samples (and no records)."""
+        try:
+            return self._run_group(group)
+        except EvalError:
+            raise
+        except (ValueError, torch.OutOfMemoryError) as exc:
+            if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            hint = " (try a smaller --batch-size or --max-frames)" if isinstance(exc, torch.OutOfMemoryError) else ""
+            for sample, _ in group:
+                errors.append(SampleError(sample.origin, f"the model run failed: {exc}{hint}", sample.id))
+            return []
