@@ -10,7 +10,8 @@
   them it can only follow temporal cues in the question ("at the end", "first") and
   gives a prior, not a measurement. Use captions, or a model that sees the frames.
 - a LlavaOnevision VLM (e.g. the LLaVA-Video checkpoint being evaluated) sees each
-  frame (as a one-frame video, preprocessed like :mod:`.evaluate` does, no HF processor).
+  frame (as a one-frame video, preprocessed like ``kvtp eval`` does, :meth:`.models.VideoModel.pixel_values`,
+  no HF processor).
 
 Scores come from the next-token logits: the prompt ends with "Relevance (0-5):" and the
 label is the digit 0..5 whose token has the highest logit, so every answer is valid and

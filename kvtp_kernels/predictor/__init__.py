@@ -1,11 +1,12 @@
 """Query-frame relevance predictor for KVTP (METHOD.md section 1).
 
-- :class:`FrameRelevancePredictor`: SigLIP image and text towers -> frame
-  embeddings, query-chunk embeddings, frame relevance logits, and within-frame
-  token importance from the same vision pass.
-- :class:`ContextFusionHead`: the Local and Global Context Fusion Head.
-- :mod:`.train`: the clip log-sigmoid loss, label files, and the training entry
-  point ``python -m kvtp_kernels.predictor.train``.
+- :class:`FrameRelevancePredictor` (:mod:`.model`): SigLIP image and text towers -> frame
+  embeddings, query-chunk embeddings (:mod:`.text`), frame relevance logits
+  (:mod:`.similarity`), and within-frame token importance from the same vision pass
+  (:mod:`.probe`); loading and saving in :mod:`.loading`, settings in :mod:`.config`.
+- :class:`ContextFusionHead` (:mod:`.fusion`): the Local and Global Context Fusion Head.
+- :mod:`.train`: the clip log-sigmoid loss and the training entry point
+  ``python -m kvtp_kernels.predictor.train``; label files in :mod:`.labels`.
 
 transformers is imported only when a SiglipModel is built or loaded.
 """
