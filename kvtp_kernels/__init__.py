@@ -5,6 +5,7 @@ Front door: :func:`prune` (and :func:`keep_counts`). The math is fixed in the te
 :mod:`kvtp_kernels.reference` that the C++ and Triton kernels are tested against.
 """
 
+from ._lazy import lazy_attributes
 from .api import PrunedTokens, keep_counts, prune
 from .pack import PackedInputs, UnpackedRows, pack_multimodal, unpack
 from .video import load_video
@@ -13,14 +14,7 @@ __version__ = "0.1.0"
 
 # The HF integration is loaded on first use (it never imports transformers at import time either).
 _INTEGRATION_NAMES = ("apply_kvtp", "remove_kvtp")
-
-
-def __getattr__(name: str):
-    if name in _INTEGRATION_NAMES:
-        from . import integrations
-
-        return getattr(integrations, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, "integrations", _INTEGRATION_NAMES)
 
 
 __all__ = [

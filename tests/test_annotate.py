@@ -18,21 +18,10 @@ import socket
 import threading
 
 import pytest
+import tiny_models
 import torch
 import transformers
-from tiny_models import (
-    BOS,
-    PAD,
-    SIZE,
-    VIDEO,
-    N,
-    llm_tokenizer,
-    read_jsonl,
-    sample_video,
-    save_tiny_model,
-    save_tiny_predictor,
-    write_jsonl,
-)
+from tiny_models import BOS, PAD, SIZE, VIDEO, N, llm_tokenizer, read_jsonl, sample_video, write_jsonl
 
 from kvtp_kernels import load_video
 from kvtp_kernels.evaluation import (
@@ -318,7 +307,7 @@ def text_lm_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def vlm_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("llava"))
+    return tiny_models.save_tiny_model(tmp_path_factory.mktemp("llava"))
 
 
 def digit_argmax(logits, tokenizer):
@@ -460,7 +449,7 @@ def test_kvtp_annotate_local_then_train_predictor(tmp_path, text_lm_dir, capsys)
     assert all(r["sparse"] == is_sparse(r["labels"]) for r in records)
     assert all(r["query"].strip() for r in records)
 
-    predictor_dir = save_tiny_predictor(tmp_path / "predictor")
+    predictor_dir = tiny_models.save_tiny_predictor(tmp_path / "predictor")
     run_dir = tmp_path / "run"
     assert main(["train-predictor", str(output), "--model", predictor_dir, "--output-dir", str(run_dir),
                  "--epochs", "1", "--batch-size", "2", "--no-progress"]) == 0

@@ -39,9 +39,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
-import os
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -49,10 +46,31 @@ from typing import Any
 
 import torch
 
-from ..integrations._compat import require_transformers
-from ..options import METHODS, MODES, PROMPT_FORMATS
+from ..options import METHODS, MODES
 from ..video import VideoDecodeError, load_video
 from .data import ResultsFile, Sample, SampleError, option_letter
+from .errors import EvalError
+from .models import (  # noqa: F401  (re-exported: they were defined here)
+    DEFAULT_MEAN_STD,
+    DTYPES,
+    MODEL_CLASSES,
+    VideoModel,
+    load_predictor,
+    load_video_model,
+    processor_normalization,
+    resolve_device,
+    resolve_dtype,
+)
+from .prompts import (  # noqa: F401  (re-exported: they were defined here)
+    DEFAULT_INSTRUCTION,
+    VIDEO_MARKER,
+    PromptBuilder,
+    left_padded,
+    multiple_choice_text,
+    option_token_ids,
+    symbol_token_ids,
+)
+from .report import format_summary, summarize
 
 __all__ = [
     "DEFAULT_INSTRUCTION",
@@ -75,313 +93,7 @@ __all__ = [
     "summarize",
 ]
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-#: The instruction LLaVA-style models are tuned on for multiple choice.
-DEFAULT_INSTRUCTION = "Answer with the option's letter from the given choices directly."
-#: Stands for the video in rendered prompts; replaced by T*N + 1 video token ids.
-VIDEO_MARKER = "<video>"
-DEFAULT_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # SigLIP's, LLaVA-OneVision's processor default
-_PROCESSOR_FILES = ("video_preprocessor_config.json", "preprocessor_config.json", "processor_config.json")
 _VIDEO_CACHE = 4  # decoded videos kept (questions often share a video)
-
-
-class EvalError(ValueError):
-    """A problem with the model, tokenizer or options that stops the whole run (a usage error)."""
-
-
-def _require_transformers():
-    return require_transformers("kvtp eval", EvalError)
-
-
-# ----------------------------------------------------------------------------------
-# Devices, models, predictor
-# ----------------------------------------------------------------------------------
-def resolve_device(device: str | None) -> torch.device:
-    """None / "auto" -> cuda when available, else cpu."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise EvalError(f"--device must be auto, cpu, cuda or cuda:N; got {device!r}") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise EvalError(f"--device {device}: torch sees no CUDA device")
-    return resolved
-
-
-def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
-    """None / "auto" -> bfloat16 on CUDA, float32 on CPU."""
-    if dtype in (None, "auto"):
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise EvalError(f"--dtype must be auto or one of {list(DTYPES)}; got {dtype!r}")
-    return DTYPES[dtype]
-
-
-def processor_normalization(name_or_path: str) -> tuple[tuple[float, ...], tuple[float, ...], str]:
-    """``(image_mean, image_std, source)`` from the checkpoint's (video) processor config files.
-
-    Looks in ``video_preprocessor_config.json``, ``preprocessor_config.json`` and
-    ``processor_config.json`` (top level or under ``video_processor`` / ``image_processor``);
-    falls back to 0.5 / 0.5 (SigLIP's, what LLaVA-OneVision checkpoints use).
-    """
-    for filename in _PROCESSOR_FILES:
-        if os.path.isdir(name_or_path):
-            path = os.path.join(name_or_path, filename)
-            path = path if os.path.isfile(path) else None
-        else:
-            from transformers.utils import cached_file
-
-            path = cached_file(name_or_path, filename, _raise_exceptions_for_missing_entries=False,
-                               _raise_exceptions_for_connection_errors=False)
-        if not path:
-            continue
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except (OSError, json.JSONDecodeError):
-            continue
-        for section in (data, data.get("video_processor"), data.get("image_processor")):
-            if isinstance(section, dict) and section.get("image_mean") and section.get("image_std"):
-                mean, std = section["image_mean"], section["image_std"]
-                mean = (float(mean),) * 3 if isinstance(mean, (int, float)) else tuple(float(m) for m in mean)
-                std = (float(std),) * 3 if isinstance(std, (int, float)) else tuple(float(s) for s in std)
-                return mean, std, filename
-    return DEFAULT_MEAN_STD[0], DEFAULT_MEAN_STD[1], "default (0.5, 0.5)"
-
-
-@dataclasses.dataclass
-class VideoModel:
-    """A loaded LlavaOnevision model and what preprocessing needs to know about it.
-
-    Attributes:
-        model: the ``LlavaOnevisionForConditionalGeneration`` (eval mode).
-        tokenizer: its tokenizer.
-        image_size: S, the vision tower's input size (frames are resized to S x S).
-        tokens_per_frame: N = ceil(S/patch / 2)^2 (HF's 2x bilinear pooling).
-        pixel_mean, pixel_std: the processor's normalisation.
-        video_token_id: the placeholder id (``config.video_token_id``).
-        pad_token_id: id used for left padding.
-        device, dtype: where it runs.
-    """
-
-    model: Any
-    tokenizer: Any
-    image_size: int
-    tokens_per_frame: int
-    pixel_mean: tuple[float, ...]
-    pixel_std: tuple[float, ...]
-    video_token_id: int
-    pad_token_id: int
-    device: torch.device
-    dtype: torch.dtype
-    inputs: Any = None  # the family's input builder (video_inputs.py)
-
-    @classmethod
-    def from_model(cls, model: Any, tokenizer: Any, *, pixel_mean=DEFAULT_MEAN_STD[0],
-                   pixel_std=DEFAULT_MEAN_STD[1]) -> VideoModel:
-        """Wrap an already built model (e.g. a tiny random one)."""
-        vision = model.config.vision_config
-        pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
-        if pad is None:
-            pad = getattr(model.config.get_text_config(), "pad_token_id", None)
-        if pad is None and tokenizer is not None:
-            pad = getattr(tokenizer, "eos_token_id", None)
-        parameter = next(model.parameters())
-        from .video_inputs import video_inputs_for
-
-        inputs = video_inputs_for(model, pixel_mean, pixel_std)
-        return cls(model, tokenizer, int(getattr(vision, "image_size", 0)), inputs.tokens_per_frame or 0,
-                   tuple(pixel_mean), tuple(pixel_std), int(model.config.video_token_id),
-                   int(pad if pad is not None else 0), parameter.device, parameter.dtype, inputs)
-
-    def placeholders(self, num_frames: int) -> int:
-        """Video placeholder tokens for T frames: T*N + 1 (HF appends one newline per video)."""
-        return num_frames * self.tokens_per_frame + 1
-
-    def pixel_values(self, videos: Sequence[torch.Tensor]) -> torch.Tensor:
-        """V uint8 [T, H, W, 3] videos of one length -> [V, T, 3, S, S] on the model's device and dtype."""
-        from ..integrations import video_pixel_values
-
-        pixels = [video_pixel_values(v, self.image_size, self.pixel_mean, self.pixel_std) for v in videos]
-        return torch.stack(pixels).to(device=self.device, dtype=self.dtype)
-
-
-#: ``config.model_type`` -> the class ``kvtp eval`` / ``kvtp demo`` load (the classes apply_kvtp supports).
-MODEL_CLASSES = {
-    "llava_onevision": "LlavaOnevisionForConditionalGeneration",
-    "llava_next_video": "LlavaNextVideoForConditionalGeneration",
-    "qwen2_vl": "Qwen2VLForConditionalGeneration",
-    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
-    "qwen3_vl": "Qwen3VLForConditionalGeneration",
-}
-
-
-def load_video_model(name_or_path: str, *, device: torch.device, dtype: torch.dtype,
-                     attn_implementation: str | None = None) -> VideoModel:
-    """Load a checkpoint of a supported family (hub name or directory; the class chosen by its config's
-    ``model_type``, :data:`MODEL_CLASSES`) and its tokenizer with ``from_pretrained``.
-
-    Raises:
-        EvalError: not found, not a llava_onevision model, no tokenizer.
-    """
-    transformers = _require_transformers()
-    try:
-        config = transformers.AutoConfig.from_pretrained(name_or_path)
-    except (OSError, ValueError) as exc:
-        raise EvalError(f"--model {name_or_path!r}: cannot load its config ({exc})") from exc
-    if config.model_type not in MODEL_CLASSES:
-        raise EvalError(f"--model {name_or_path!r} is a {config.model_type!r} model; KVTP's HF integration supports "
-                        f"{', '.join(MODEL_CLASSES.values())} (model types {', '.join(MODEL_CLASSES)})")
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    try:
-        model = getattr(transformers, MODEL_CLASSES[config.model_type]).from_pretrained(name_or_path, **kwargs)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError) as exc:
-        raise EvalError(f"--model {name_or_path!r}: cannot load the model or its tokenizer ({exc})") from exc
-    model = model.to(device).eval()
-    mean, std, _ = processor_normalization(name_or_path)
-    return VideoModel.from_model(model, tokenizer, pixel_mean=mean, pixel_std=std)
-
-
-def load_predictor(name_or_path: str, *, device: torch.device, dtype: torch.dtype = torch.float32) -> Any:
-    """A :class:`~kvtp_kernels.predictor.FrameRelevancePredictor` from a hub name or a saved directory."""
-    from ..predictor import FrameRelevancePredictor
-
-    try:
-        predictor = FrameRelevancePredictor.from_pretrained(name_or_path)
-    except (OSError, ValueError) as exc:
-        raise EvalError(f"--predictor {name_or_path!r}: cannot load it ({exc})") from exc
-    if predictor.tokenizer is None:
-        raise EvalError(f"--predictor {name_or_path!r} has no tokenizer (save one next to it): the questions are text")
-    return predictor.to(device=device, dtype=dtype).eval()
-
-
-# ----------------------------------------------------------------------------------
-# Prompts
-# ----------------------------------------------------------------------------------
-def multiple_choice_text(question: str, options: Sequence[str], instruction: str = DEFAULT_INSTRUCTION) -> str:
-    """``question`` / ``A. option`` lines / ``instruction``."""
-    lines = [question.strip(), *(f"{option_letter(i)}. {o}" for i, o in enumerate(options))]
-    if instruction:
-        lines.append(instruction)
-    return "\n".join(lines)
-
-
-class PromptBuilder:
-    """Renders a user turn that holds one video and tokenizes it around the video placeholder.
-
-    Formats:
-        ``chat``: the tokenizer's chat template (or ``chat_template``), user turn +
-        generation prompt. The video goes first in the turn; templates that take string
-        content get ``"<video>\\n" + text``, processor-style templates that take a list of
-        parts get ``[{"type": "video"}, {"type": "text", ...}]`` (whichever renders the
-        placeholder exactly once).
-        ``plain``: ``[BOS] <video>\\n{text}\\n{answer_cue}``.
-        ``auto``: chat when a template exists, else plain.
-
-    Args:
-        tokenizer: the model's tokenizer.
-        prompt_format: "auto", "chat" or "plain".
-        chat_template: a Jinja template overriding the tokenizer's.
-        answer_cue: text after the user turn in plain format (default ``"Answer:"``).
-    """
-
-    def __init__(self, tokenizer: Any, prompt_format: str = "auto", chat_template: str | None = None,
-                 answer_cue: str = "Answer:"):
-        if prompt_format not in PROMPT_FORMATS:
-            raise EvalError(f"--prompt-format must be one of {PROMPT_FORMATS}; got {prompt_format!r}")
-        self.tokenizer = tokenizer
-        self.chat_template = chat_template
-        has_template = bool(chat_template or getattr(tokenizer, "chat_template", None))
-        if prompt_format == "chat" and not has_template:
-            raise EvalError("--prompt-format chat: the tokenizer has no chat template (use --prompt-format plain)")
-        self.format = ("chat" if has_template else "plain") if prompt_format == "auto" else prompt_format
-        self.answer_cue = answer_cue
-
-    def render(self, text: str) -> str:
-        """The full prompt as text, holding :data:`VIDEO_MARKER` exactly once."""
-        if self.format == "plain":
-            return f"{VIDEO_MARKER}\n{text}" + (f"\n{self.answer_cue}" if self.answer_cue else "")
-        problems = []
-        for content in (f"{VIDEO_MARKER}\n{text}", [{"type": "video"}, {"type": "text", "text": text}]):
-            try:
-                rendered = self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": content}], chat_template=self.chat_template, tokenize=False,
-                    add_generation_prompt=True)
-            except Exception as exc:  # noqa: BLE001 - a template that rejects this content form; try the other
-                problems.append(f"{type(exc).__name__}: {exc}")
-                continue
-            if isinstance(rendered, str) and rendered.count(VIDEO_MARKER) == 1:
-                return rendered
-            problems.append(f"rendered {VIDEO_MARKER!r} {rendered.count(VIDEO_MARKER)} times")
-        raise EvalError("the chat template does not place one video placeholder in a user turn ("
-                        + "; ".join(problems) + "); pass --prompt-format plain or --chat-template FILE")
-
-    def _ids(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
-
-    def _prefix(self) -> list[int]:
-        bos = getattr(self.tokenizer, "bos_token_id", None)
-        return [bos] if self.format == "plain" and bos is not None else []
-
-    def encode(self, text: str) -> tuple[list[int], list[int]]:
-        """Token ids before and after the video placeholder."""
-        before, after = self.render(text).split(VIDEO_MARKER)
-        return self._prefix() + self._ids(before), self._ids(after)
-
-    def encode_text(self, text: str) -> list[int]:
-        """Token ids of a user turn without video (chat: template + generation prompt; plain: text + cue)."""
-        if self.format == "plain":
-            return self._prefix() + self._ids(f"{text}\n{self.answer_cue}" if self.answer_cue else text)
-        rendered = self.tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                                      chat_template=self.chat_template, tokenize=False,
-                                                      add_generation_prompt=True)
-        return self._ids(rendered)
-
-
-def symbol_token_ids(tokenizer: Any, symbols: Sequence[str], what: str = "symbol") -> list[list[int]]:
-    """For each symbol (an option letter, a digit), the single-token ids that spell it: ``s`` and
-    ``" " + s`` when each is one token (the logit of either counts).
-
-    Raises:
-        EvalError: a symbol with no single-token spelling, or two symbols sharing a token.
-    """
-    table: list[list[int]] = []
-    owner: dict[int, str] = {}
-    unknown = getattr(tokenizer, "unk_token_id", None)
-    for symbol in symbols:
-        ids: list[int] = []
-        for text in (symbol, " " + symbol):
-            encoded = tokenizer(text, add_special_tokens=False)["input_ids"]
-            if len(encoded) == 1 and encoded[0] != unknown and encoded[0] not in ids:
-                ids.append(int(encoded[0]))
-        if not ids:
-            raise EvalError(f"the tokenizer has no single token for the {what} {symbol!r}; scoring by the next "
-                            "token's logits needs one")
-        for token in ids:
-            if owner.setdefault(token, symbol) != symbol:
-                raise EvalError(f"the {what}s {owner[token]!r} and {symbol!r} map to the same token {token}")
-        table.append(ids)
-    return table
-
-
-def option_token_ids(tokenizer: Any, num_options: int) -> list[list[int]]:
-    """The single-token spellings of the option letters A, B, ... (see :func:`symbol_token_ids`)."""
-    return symbol_token_ids(tokenizer, [option_letter(i) for i in range(num_options)], "option letter")
-
-
-def left_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token id lists -> (input_ids, attention_mask) [B, L_max], padded on the left."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, row in enumerate(rows):
-        ids[b, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[b, width - len(row):] = 1
-    return ids, mask
 
 
 # ----------------------------------------------------------------------------------
@@ -484,6 +196,20 @@ class _VideoCache:
         return item
 
 
+@dataclasses.dataclass
+class _Batch:
+    """One forward pass's inputs (a group of samples with the same frame count) and what scoring needs."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    pixels: dict[str, torch.Tensor]
+    queries: list[str]
+    frames: list[torch.Tensor]
+    lengths: list[int]  # LLM tokens per sample, unpruned
+    letters: list[list[list[int]]]  # per sample, the token ids of each option letter
+    spans: list[int]  # video tokens per sample, unpruned
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -545,10 +271,9 @@ class Evaluator:
                 remove_kvtp(model)
         return out.logits[:, -1].float().cpu(), stats, seconds
 
-    def _run_group(self, group: list[tuple[Sample, torch.Tensor]]) -> list[dict]:
-        """Samples whose videos have the same frame count -> their records."""
+    def _batch(self, group: list[tuple[Sample, torch.Tensor]]) -> _Batch:
+        """The group's prompts, left-padded, and its videos as the model's input tensors."""
         vm, settings = self.vm, self.settings
-        T = group[0][1].shape[0]
         rows, letters, spans = [], [], []
         for sample, frames in group:
             before, after = self.prompts.encode(multiple_choice_text(sample.question, sample.options,
@@ -562,38 +287,56 @@ class Evaluator:
         pixels = vm.inputs.tensors(frames, ids, [self._stamps.get(s.id) for s, _ in group], device=vm.device,
                                    dtype=vm.dtype)
         queries = [s.query or s.question for s, _ in group]
+        return _Batch(ids, mask, pixels, queries, frames, [len(r) for r in rows], letters, spans)
+
+    def _tower_flops(self, num_frames: int) -> dict[str, int | None]:
+        """Per mode, the vision FLOPs pruning does not remove (None: not counted for this family's tower)."""
+        from ..integrations import vision_tower_flops
+
+        tower = {"full": self.vm.inputs.tower_flops(num_frames)}
+        tower["kvtp"] = None if tower["full"] is None else tower["full"] + (
+            vision_tower_flops(self.predictor.siglip.config.vision_config, num_frames)
+            if self.predictor is not None else 0)
+        return tower
+
+    def _run_group(self, group: list[tuple[Sample, torch.Tensor]]) -> list[dict]:
+        """Samples whose videos have the same frame count -> their records."""
+        T = group[0][1].shape[0]
+        batch = self._batch(group)
         for _ in range(self.warmup):
-            for mode in settings.modes:
-                self._forward(mode, ids, mask, pixels, queries, frames)
+            for mode in self.settings.modes:
+                self._forward(mode, batch.ids, batch.mask, batch.pixels, batch.queries, batch.frames)
         self.warmup = 0
         records = [{"id": s.id, "subset": s.subset, "video": s.video, "question": s.question, "options": s.options,
                     "answer": s.answer_letter, "num_frames": T} for s, _ in group]
-        lengths = [len(r) for r in rows]
-        from ..integrations import prefill_flops, vision_tower_flops
-
-        tower = {"full": vm.inputs.tower_flops(T)}  # None: not counted for this family's tower
-        tower["kvtp"] = None if tower["full"] is None else tower["full"] + (
-            vision_tower_flops(self.predictor.siglip.config.vision_config, T) if self.predictor is not None else 0)
-        for mode in settings.modes:
-            logits, stats, seconds = self._forward(mode, ids, mask, pixels, queries, frames)
+        tower = self._tower_flops(T)
+        for mode in self.settings.modes:
+            logits, stats, seconds = self._forward(mode, batch.ids, batch.mask, batch.pixels, batch.queries,
+                                                   batch.frames)
             for b, (sample, _) in enumerate(group):
-                scores = [max(float(logits[b, t]) for t in token_ids) for token_ids in letters[b]]
-                predicted = max(range(len(scores)), key=lambda i: (scores[i], -i))
-                if stats is None:
-                    vision, llm, kept = spans[b], lengths[b], None
-                else:
-                    v = stats.sample_to_video[b]
-                    vision, llm, kept = stats.video_tokens_after[v], stats.sequence_lengths_after[b], \
-                        stats.kept_per_frame[v]
-                result = {"prediction": option_letter(predicted), "correct": predicted == sample.answer,
-                          "option_logits": [round(s, 6) for s in scores], "vision_tokens": vision, "llm_tokens": llm,
-                          "prefill_flops": prefill_flops(vm.model.config, llm), "latency_s": seconds / len(group)}
-                if tower[mode] is not None:
-                    result["vision_flops"] = tower[mode]
-                if kept is not None:
-                    result["kept_per_frame"] = kept
-                records[b][mode] = result
+                records[b][mode] = self._result(batch, b, sample, logits, stats, seconds / len(group), tower[mode])
         return records
+
+    def _result(self, batch: _Batch, b: int, sample: Sample, logits: torch.Tensor, stats: Any, latency_s: float,
+                vision_flops: int | None) -> dict[str, Any]:
+        """One sample's result in one mode: the predicted option and what it cost."""
+        from ..integrations import prefill_flops
+
+        scores = [max(float(logits[b, t]) for t in token_ids) for token_ids in batch.letters[b]]
+        predicted = max(range(len(scores)), key=lambda i: (scores[i], -i))
+        if stats is None:
+            vision, llm, kept = batch.spans[b], batch.lengths[b], None
+        else:
+            v = stats.sample_to_video[b]
+            vision, llm, kept = stats.video_tokens_after[v], stats.sequence_lengths_after[b], stats.kept_per_frame[v]
+        result = {"prediction": option_letter(predicted), "correct": predicted == sample.answer,
+                  "option_logits": [round(s, 6) for s in scores], "vision_tokens": vision, "llm_tokens": llm,
+                  "prefill_flops": prefill_flops(self.vm.model.config, llm), "latency_s": latency_s}
+        if vision_flops is not None:
+            result["vision_flops"] = vision_flops
+        if kept is not None:
+            result["kept_per_frame"] = kept
+        return result
 
     # ------------------------------------------------------------------ the run
     def run(self, samples: Sequence[Sample], results: ResultsFile, *, batch_size: int = 1,
@@ -623,116 +366,41 @@ class Evaluator:
         evaluated = 0
         with tqdm(total=len(pending), desc="kvtp eval", unit="sample", disable=not progress) as bar:
             for start in range(0, len(pending), batch_size):
-                chunk = pending[start:start + batch_size]
-                groups: dict[int, list[tuple[Sample, torch.Tensor]]] = {}
-                for sample in chunk:
-                    try:
-                        frames, stamps = cache.get(sample.video)
-                        self._stamps[sample.id] = stamps.tolist()
-                    except (OSError, VideoDecodeError) as exc:
-                        errors.append(SampleError(sample.origin, str(exc), sample.id))
-                        bar.update(1)
-                        continue
-                    groups.setdefault(frames.shape[0], []).append((sample, frames))
+                groups = self._decoded_groups(pending[start:start + batch_size], cache, errors, bar)
                 for group in groups.values():
-                    try:
-                        records = self._run_group(group)
-                    except EvalError:
-                        raise
-                    except (ValueError, torch.OutOfMemoryError) as exc:
-                        if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
-                            torch.cuda.empty_cache()
-                        hint = " (try a smaller --batch-size or --max-frames)" if isinstance(
-                            exc, torch.OutOfMemoryError) else ""
-                        for sample, _ in group:
-                            errors.append(SampleError(sample.origin, f"the model run failed: {exc}{hint}", sample.id))
-                        bar.update(len(group))
-                        continue
-                    for record in records:
+                    for record in self._group_records(group, errors):
                         results.append(record)
-                    evaluated += len(records)
+                        evaluated += 1
                     bar.update(len(group))
         records = [results.records[s.id] for s in samples if s.id in results]
         return EvalReport(records, evaluated, resumed, errors)
 
+    def _decoded_groups(self, chunk: Sequence[Sample], cache: _VideoCache, errors: list[SampleError],
+                        bar: Any) -> dict[int, list[tuple[Sample, torch.Tensor]]]:
+        """The chunk's decoded videos, grouped by frame count; a video that does not decode is an error."""
+        groups: dict[int, list[tuple[Sample, torch.Tensor]]] = {}
+        for sample in chunk:
+            try:
+                frames, stamps = cache.get(sample.video)
+                self._stamps[sample.id] = stamps.tolist()
+            except (OSError, VideoDecodeError) as exc:
+                errors.append(SampleError(sample.origin, str(exc), sample.id))
+                bar.update(1)
+                continue
+            groups.setdefault(frames.shape[0], []).append((sample, frames))
+        return groups
 
-# ----------------------------------------------------------------------------------
-# Summary
-# ----------------------------------------------------------------------------------
-def summarize(records: Sequence[dict], modes: Sequence[str] = MODES) -> list[dict[str, Any]]:
-    """Per-subset numbers (subsets in order of first appearance, then "all" when there are several).
-
-    Each row: ``subset``, ``n``, and per mode ``accuracy`` (fraction), ``vision_tokens`` and
-    ``llm_tokens`` (means per sample), ``latency_ms`` (median per sample); ``flops_ratio``
-    = sum of KVTP prefill FLOPs / sum of full prefill FLOPs, ``total_flops_ratio`` the same
-    with the vision towers added to both sides (None unless both modes ran).
-    """
-    groups: dict[str, list[dict]] = {}
-    for record in records:
-        groups.setdefault(record.get("subset", "all"), []).append(record)
-    if len(groups) > 1 or not groups:
-        groups["all"] = list(records)
-
-    def mean(values):
-        return sum(values) / len(values) if values else None
-
-    rows = []
-    for subset, members in groups.items():
-        row: dict[str, Any] = {"subset": subset, "n": len(members)}
-        for key in ("accuracy", "vision_tokens", "llm_tokens", "latency_ms", "prefill_flops", "total_flops"):
-            row[key] = {}
-        for mode in modes:
-            results = [r[mode] for r in members if mode in r]
-            row["accuracy"][mode] = mean([float(x["correct"]) for x in results])
-            row["vision_tokens"][mode] = mean([x["vision_tokens"] for x in results])
-            row["llm_tokens"][mode] = mean([x["llm_tokens"] for x in results])
-            row["latency_ms"][mode] = statistics.median(x["latency_s"] * 1e3 for x in results) if results else None
-            row["prefill_flops"][mode] = sum(x["prefill_flops"] for x in results) if results else None
-            row["total_flops"][mode] = sum(x["prefill_flops"] + x["vision_flops"] for x in results) \
-                if results and all("vision_flops" in x for x in results) else None
-        for key, ratio in (("prefill_flops", "flops_ratio"), ("total_flops", "total_flops_ratio")):
-            full, pruned = row[key].get("full"), row[key].get("kvtp")
-            row[ratio] = pruned / full if full and pruned is not None else None
-        rows.append(row)
-    return rows
-
-
-def format_summary(rows: Sequence[dict], settings: EvalSettings | None = None) -> str:
-    """The table ``kvtp eval`` prints: subsets as rows, full and KVTP side by side."""
-
-    def pct(x, digits=2):
-        return "-" if x is None else f"{100 * x:.{digits}f}"
-
-    def num(x):
-        return "-" if x is None else f"{x:.0f}"
-
-    def ms(x):
-        return "-" if x is None else f"{x:.1f}"
-
-    def share(x):
-        return "-" if x is None else f"{100 * x:.1f}%"
-
-    header = ["subset", "n", "acc full", "acc KVTP", "vision tok full", "vision tok KVTP", "LLM FLOPs KVTP/full",
-              "+vision KVTP/full", "latency full ms", "latency KVTP ms"]
-    table = [header]
-    for row in rows:
-        acc, vis, lat = row["accuracy"], row["vision_tokens"], row["latency_ms"]
-        table.append([row["subset"], str(row["n"]), pct(acc.get("full")), pct(acc.get("kvtp")), num(vis.get("full")),
-                      num(vis.get("kvtp")), share(row["flops_ratio"]), share(row.get("total_flops_ratio")),
-                      ms(lat.get("full")), ms(lat.get("kvtp"))])
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    lines = []
-    if settings is not None:
-        predictor = settings.predictor or "none (uniform frame scores)"
-        method = settings.method + (f" (merge {settings.merge})" if settings.method == "prumerge" else "")
-        lines.append(f"KVTP eval: model {settings.model}, predictor {predictor}, budget {settings.budget}, "
-                     f"method {method}, temperature {settings.temperature}, allocation {settings.allocation}")
-    for i, line in enumerate(table):
-        lines.append("  ".join(cell.ljust(w) if j == 0 else cell.rjust(w) for j, (cell, w) in
-                               enumerate(zip(line, widths))))
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    lines.append("accuracy in %; vision tokens: the video block the LLM sees (mean per sample); LLM FLOPs: the "
-                 "LLM prefill; +vision: with the vision tower (and, for KVTP, the predictor's) on both sides; "
-                 "latency: median per sample of the batched forward pass")
-    return "\n".join(lines)
+    def _group_records(self, group: list[tuple[Sample, torch.Tensor]], errors: list[SampleError]) -> list[dict]:
+        """:meth:`_run_group`; a failure of this group's model run (not a usage error) becomes an error of each
+        of its samples (and no records)."""
+        try:
+            return self._run_group(group)
+        except EvalError:
+            raise
+        except (ValueError, torch.OutOfMemoryError) as exc:
+            if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            hint = " (try a smaller --batch-size or --max-frames)" if isinstance(exc, torch.OutOfMemoryError) else ""
+            for sample, _ in group:
+                errors.append(SampleError(sample.origin, f"the model run failed: {exc}{hint}", sample.id))
+            return []

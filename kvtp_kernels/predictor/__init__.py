@@ -1,15 +1,17 @@
 """Query-frame relevance predictor for KVTP (METHOD.md section 1).
 
-- :class:`FrameRelevancePredictor`: SigLIP image and text towers -> frame
-  embeddings, query-chunk embeddings, frame relevance logits, and within-frame
-  token importance from the same vision pass.
-- :class:`ContextFusionHead`: the Local and Global Context Fusion Head.
-- :mod:`.train`: the clip log-sigmoid loss, label files, and the training entry
-  point ``python -m kvtp_kernels.predictor.train``.
+- :class:`FrameRelevancePredictor` (:mod:`.model`): SigLIP image and text towers -> frame
+  embeddings, query-chunk embeddings (:mod:`.text`), frame relevance logits
+  (:mod:`.similarity`), and within-frame token importance from the same vision pass
+  (:mod:`.probe`); loading and saving in :mod:`.loading`, settings in :mod:`.config`.
+- :class:`ContextFusionHead` (:mod:`.fusion`): the Local and Global Context Fusion Head.
+- :mod:`.train`: the clip log-sigmoid loss and the training entry point
+  ``python -m kvtp_kernels.predictor.train``; label files in :mod:`.labels`.
 
 transformers is imported only when a SiglipModel is built or loaded.
 """
 
+from .._lazy import lazy_attributes
 from .model import (
     ContextFusionHead,
     FrameEncoding,
@@ -26,13 +28,7 @@ from .model import (
 _TRAIN_NAMES = ("RelevanceExample", "TrainConfig", "clip_softmax_pool", "read_relevance_labels", "relevance_loss",
                 "train_predictor")
 
-
-def __getattr__(name: str):
-    if name in _TRAIN_NAMES:
-        from . import train
-
-        return getattr(train, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, "train", _TRAIN_NAMES)
 
 
 __all__ = [

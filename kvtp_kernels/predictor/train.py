@@ -31,22 +31,21 @@ What is trained (``--train``):
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import json
 import math
 import os
-import re
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..video import VideoDecodeError, load_video
-from .model import FrameRelevancePredictor, _describe
+from .config import _describe
+from .labels import LABEL_COLUMNS, MAX_LABEL, RelevanceExample, read_relevance_labels
+from .model import FrameRelevancePredictor
 
 __all__ = [
     "LABEL_COLUMNS",
@@ -60,8 +59,6 @@ __all__ = [
     "train_predictor",
 ]
 
-LABEL_COLUMNS = ("video", "query", "labels")
-MAX_LABEL = 5
 TRAINABLE = ("head", "logits", "all")
 
 
@@ -116,131 +113,6 @@ def relevance_loss(scores: torch.Tensor, labels: torch.Tensor, clip_size: int = 
     pooled = clip_softmax_pool(scores, clip_size)
     y_tilde = y[..., ::clip_size] - y.mean(dim=-1, keepdim=True)
     return -F.logsigmoid(pooled * y_tilde).mean()
-
-
-# ----------------------------------------------------------------------------------
-# Label files
-# ----------------------------------------------------------------------------------
-@dataclasses.dataclass
-class RelevanceExample:
-    """One training example.
-
-    Attributes:
-        video: a video file path, or uint8 frames [T, H, W, 3] already decoded.
-        query: the question (a string), or its token ids [L].
-        labels: int64 [T], per-frame relevance in 0..5.
-        origin: where it came from (``"labels.csv: line 3"``), for error messages.
-    """
-
-    video: str | torch.Tensor
-    query: str | torch.Tensor
-    labels: torch.Tensor
-    origin: str = ""
-
-
-def _parse_labels(value: Any, where: str) -> torch.Tensor:
-    expected = f"a non-empty list of integers 0..{MAX_LABEL} (JSON list or numbers separated by spaces/commas)"
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: column 'labels' must be {expected}; got {value!r} ({exc})") from exc
-        else:
-            value = [p for p in re.split(r"[\s,;]+", text) if p]
-    if not isinstance(value, list) or not value:
-        raise ValueError(f"{where}: column 'labels' must be {expected}; got {value!r}")
-    out = []
-    for i, v in enumerate(value):
-        number = None
-        if isinstance(v, str) and re.fullmatch(r"[+-]?\d+", v.strip()):
-            number = int(v)
-        elif isinstance(v, int) and not isinstance(v, bool):
-            number = v
-        elif isinstance(v, float) and v.is_integer():
-            number = int(v)
-        if number is None:
-            raise ValueError(f"{where}: column 'labels': label {i} must be an integer 0..{MAX_LABEL}; got {v!r}")
-        if not 0 <= number <= MAX_LABEL:
-            raise ValueError(f"{where}: column 'labels': label {i} is {number}, outside 0..{MAX_LABEL}")
-        out.append(number)
-    return torch.tensor(out, dtype=torch.long)
-
-
-def _example_from_row(row: dict[str, Any], where: str, base_dir: str) -> RelevanceExample:
-    missing = [c for c in LABEL_COLUMNS if c not in row or row[c] is None]
-    if missing:
-        raise ValueError(f"{where}: missing column(s) {missing}; expected columns {list(LABEL_COLUMNS)}")
-    video, query = row["video"], row["query"]
-    if not isinstance(video, str) or not video.strip():
-        raise ValueError(f"{where}: column 'video' must be a non-empty path; got {video!r}")
-    if not isinstance(query, str) or not query.strip():
-        raise ValueError(f"{where}: column 'query' must be a non-empty string; got {query!r}")
-    path = os.path.expanduser(video.strip())
-    path = path if os.path.isabs(path) else os.path.join(base_dir, path)
-    if not os.path.isfile(path):
-        raise ValueError(f"{where}: column 'video': no such file {path!r}")
-    return RelevanceExample(path, query, _parse_labels(row["labels"], where), where)
-
-
-def read_relevance_labels(path: str | os.PathLike) -> list[RelevanceExample]:
-    """Read and validate a label file (CSV, JSON list of objects, or JSONL).
-
-    Every row is checked before anything is trained: missing columns, empty
-    queries, missing video files and labels that are not integers in 0..5 raise a
-    ValueError naming the file, the line (CSV, JSONL) or item (JSON) and the column.
-
-    Returns:
-        One :class:`RelevanceExample` per row (video paths made absolute).
-    """
-    path = os.fspath(path)
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in (".csv", ".json", ".jsonl", ".ndjson"):
-        raise ValueError(f"kvtp_kernels.predictor: label file {path!r} must end in .csv, .json, .jsonl or .ndjson")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"kvtp_kernels.predictor: no such label file: {path!r}")
-    base_dir = os.path.dirname(os.path.abspath(path))
-    examples = []
-    # utf-8-sig: CSVs saved by spreadsheets often start with a byte-order mark
-    with open(path, newline="" if ext == ".csv" else None, encoding="utf-8-sig") as fh:
-        if ext == ".csv":
-            reader = csv.DictReader(fh)
-            header = reader.fieldnames or []
-            missing = [c for c in LABEL_COLUMNS if c not in header]
-            if missing:
-                raise ValueError(f"{path}: line 1 (header): missing column(s) {missing}; expected columns "
-                                 f"{list(LABEL_COLUMNS)}, got {header}")
-            for row in reader:
-                examples.append(_example_from_row(row, f"{path}: line {reader.line_num}", base_dir))
-        elif ext == ".json":
-            try:
-                data = json.load(fh)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-            if not isinstance(data, list):
-                raise ValueError(f"{path}: must hold a JSON list of objects with columns {list(LABEL_COLUMNS)}; "
-                                 f"got a {type(data).__name__}")
-            for i, row in enumerate(data):
-                where = f"{path}: item {i}"
-                if not isinstance(row, dict):
-                    raise ValueError(f"{where}: must be an object with columns {list(LABEL_COLUMNS)}; got {row!r}")
-                examples.append(_example_from_row(row, where, base_dir))
-        else:
-            for n, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}: line {n}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{where}: not valid JSON ({exc})") from exc
-                if not isinstance(row, dict):
-                    raise ValueError(f"{where}: must be an object with columns {list(LABEL_COLUMNS)}; got {row!r}")
-                examples.append(_example_from_row(row, where, base_dir))
-    if not examples:
-        raise ValueError(f"{path}: no examples (the file has no data rows)")
-    return examples
 
 
 # ----------------------------------------------------------------------------------
@@ -321,17 +193,36 @@ def train_predictor(
     Returns:
         The loss of every optimiser step (Python floats).
     """
-    from tqdm.auto import tqdm
-
     config = config if config is not None else TrainConfig()
+    _check_training(predictor, examples, config)
+    flags = {name: p.requires_grad for name, p in predictor.named_parameters()}
+    params = _trainable_parameters(predictor, config)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    checkpointing = config.train == "all" and config.gradient_checkpointing
+    if checkpointing:
+        predictor.siglip.gradient_checkpointing_enable()
+    try:
+        example_loss = _example_loss(predictor, examples, config)
+        return _run_epochs(predictor, len(examples), example_loss, optimizer, config, output_dir)
+    finally:
+        if checkpointing:
+            predictor.siglip.gradient_checkpointing_disable()
+        for name, p in predictor.named_parameters():
+            p.requires_grad_(flags[name])
+        predictor.eval()
+
+
+def _check_training(predictor: FrameRelevancePredictor, examples: Sequence[RelevanceExample],
+                    config: TrainConfig) -> None:
     if not examples:
         raise ValueError("kvtp_kernels.predictor: `examples` must not be empty")
     if config.train == "head" and not predictor.config.use_fusion_head:
         raise ValueError("kvtp_kernels.predictor: train='head' needs config.use_fusion_head=True (without the head "
                          "the loss does not depend on its parameters)")
-    clip_size = predictor.config.clip_size
-    device = predictor.device
-    flags = {name: p.requires_grad for name, p in predictor.named_parameters()}
+
+
+def _trainable_parameters(predictor: FrameRelevancePredictor, config: TrainConfig) -> list[torch.nn.Parameter]:
+    """Freezes the predictor but for what ``config.train`` trains, and returns that."""
     predictor.requires_grad_(False)
     if config.train == "all":
         params = list(predictor.parameters())
@@ -341,71 +232,88 @@ def train_predictor(
             params += [predictor.siglip.logit_scale, predictor.siglip.logit_bias]
     for p in params:
         p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    cached: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    checkpointing = config.train == "all" and config.gradient_checkpointing
-    if checkpointing:
-        predictor.siglip.gradient_checkpointing_enable()
+    return params
 
-    try:
-        if config.train != "all":
-            # Frozen towers: encode every video and query once.
-            predictor.eval()
-            videos: dict[Any, torch.Tensor] = {}
-            queries: dict[Any, torch.Tensor] = {}
-            with torch.no_grad():
-                for ex in tqdm(examples, desc="encoding", unit="example", disable=not config.progress):
-                    vkey = ex.video if isinstance(ex.video, str) else id(ex.video)
-                    if vkey not in videos:
-                        pixels = predictor.preprocess(_frames_of(ex, config))
-                        videos[vkey] = predictor.encode_frames(pixels, token_importance=False).frame_embeds
-                    _check_length(ex, videos[vkey].shape[1], config)
-                    qkey = _query_key(ex.query)
-                    if qkey not in queries:
-                        queries[qkey] = predictor.encode_queries(
-                            [ex.query] if isinstance(ex.query, str) else [torch.as_tensor(ex.query)])
-                    cached.append((videos[vkey], queries[qkey], ex.labels.to(device)))
-        else:
-            predictor.train()
 
-        def example_loss(i: int) -> torch.Tensor:
-            if cached:
-                frame_embeds, query_embeds, labels = cached[i]
-            else:
-                ex = examples[i]
-                frames = _frames_of(ex, config)
-                _check_length(ex, frames.shape[0], config)
-                pixels = predictor.preprocess(frames)
-                frame_embeds = predictor.encode_frames(pixels, token_importance=False).frame_embeds
-                query_embeds = predictor.encode_queries(
-                    [ex.query] if isinstance(ex.query, str) else [torch.as_tensor(ex.query)])
-                labels = ex.labels.to(device)
-            scores = predictor.scores(frame_embeds, query_embeds)
-            return relevance_loss(scores[0], labels, clip_size)
+def _encode_query(predictor: FrameRelevancePredictor, query: str | torch.Tensor) -> torch.Tensor:
+    return predictor.encode_queries([query] if isinstance(query, str) else [torch.as_tensor(query)])
 
-        generator = torch.Generator().manual_seed(config.seed)
-        steps_per_epoch = -(-len(examples) // config.batch_size)
-        losses: list[float] = []
-        with tqdm(total=config.epochs * steps_per_epoch, desc="training", unit="step",
-                  disable=not config.progress) as bar:
-            for epoch in range(1, config.epochs + 1):
-                order = torch.randperm(len(examples), generator=generator).tolist()
-                for start in range(0, len(order), config.batch_size):
-                    loss = torch.stack([example_loss(i) for i in order[start:start + config.batch_size]]).mean()
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    losses.append(loss.item())  # one sync per step, for the log
-                    bar.update(1)
-                    bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
-                if output_dir is not None:
-                    predictor.save_pretrained(os.path.join(os.fspath(output_dir), f"epoch-{epoch}"))
-    finally:
-        if checkpointing:
-            predictor.siglip.gradient_checkpointing_disable()
-        for name, p in predictor.named_parameters():
-            p.requires_grad_(flags[name])
-        predictor.eval()
+
+def _encode_example(predictor: FrameRelevancePredictor, ex: RelevanceExample,
+                    config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(frame embeddings, query embeddings, labels) of one example, through the towers."""
+    frames = _frames_of(ex, config)
+    _check_length(ex, frames.shape[0], config)
+    pixels = predictor.preprocess(frames)
+    frame_embeds = predictor.encode_frames(pixels, token_importance=False).frame_embeds
+    return frame_embeds, _encode_query(predictor, ex.query), ex.labels.to(predictor.device)
+
+
+def _encode_once(predictor: FrameRelevancePredictor, examples: Sequence[RelevanceExample],
+                 config: TrainConfig) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Frozen towers: every video and query encoded once (shared ones once in all)."""
+    from tqdm.auto import tqdm
+
+    predictor.eval()
+    videos: dict[Any, torch.Tensor] = {}
+    queries: dict[Any, torch.Tensor] = {}
+    cached = []
+    with torch.no_grad():
+        for ex in tqdm(examples, desc="encoding", unit="example", disable=not config.progress):
+            vkey = ex.video if isinstance(ex.video, str) else id(ex.video)
+            if vkey not in videos:
+                pixels = predictor.preprocess(_frames_of(ex, config))
+                videos[vkey] = predictor.encode_frames(pixels, token_importance=False).frame_embeds
+            _check_length(ex, videos[vkey].shape[1], config)
+            qkey = _query_key(ex.query)
+            if qkey not in queries:
+                queries[qkey] = _encode_query(predictor, ex.query)
+            cached.append((videos[vkey], queries[qkey], ex.labels.to(predictor.device)))
+    return cached
+
+
+def _example_loss(predictor: FrameRelevancePredictor, examples: Sequence[RelevanceExample],
+                  config: TrainConfig) -> Callable[[int], torch.Tensor]:
+    """The loss of example i: on cached embeddings (frozen towers) or through the towers (``train="all"``)."""
+    clip_size = predictor.config.clip_size
+    if config.train != "all":
+        cached = _encode_once(predictor, examples, config)
+        inputs = cached.__getitem__
+    else:
+        predictor.train()
+        inputs = lambda i: _encode_example(predictor, examples[i], config)  # noqa: E731
+
+    def example_loss(i: int) -> torch.Tensor:
+        frame_embeds, query_embeds, labels = inputs(i)
+        scores = predictor.scores(frame_embeds, query_embeds)
+        return relevance_loss(scores[0], labels, clip_size)
+
+    return example_loss
+
+
+def _run_epochs(predictor: FrameRelevancePredictor, count: int, example_loss: Callable[[int], torch.Tensor],
+                optimizer: torch.optim.Optimizer, config: TrainConfig,
+                output_dir: str | os.PathLike | None) -> list[float]:
+    """The optimiser steps over ``count`` examples, shuffled each epoch; a checkpoint after each epoch."""
+    from tqdm.auto import tqdm
+
+    generator = torch.Generator().manual_seed(config.seed)
+    steps_per_epoch = -(-count // config.batch_size)
+    losses: list[float] = []
+    with tqdm(total=config.epochs * steps_per_epoch, desc="training", unit="step",
+              disable=not config.progress) as bar:
+        for epoch in range(1, config.epochs + 1):
+            order = torch.randperm(count, generator=generator).tolist()
+            for start in range(0, len(order), config.batch_size):
+                loss = torch.stack([example_loss(i) for i in order[start:start + config.batch_size]]).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())  # one sync per step, for the log
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
+            if output_dir is not None:
+                predictor.save_pretrained(os.path.join(os.fspath(output_dir), f"epoch-{epoch}"))
     return losses
 
 
@@ -508,3 +416,4 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

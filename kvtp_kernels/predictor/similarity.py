@@ -1,0 +1,49 @@
+"""Frame relevance logits: SigLIP's similarity of frame and query-chunk embeddings (METHOD.md section 1)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..reference import NORM_EPS
+
+__all__ = ["relevance_logits"]
+
+
+def _logit_param(value: torch.Tensor | float | None, like: torch.Tensor) -> torch.Tensor:
+    if value is None:
+        return torch.zeros((), dtype=torch.float64, device=like.device)
+    if isinstance(value, torch.Tensor):
+        return value.to(device=like.device, dtype=torch.float64).reshape(())
+    return torch.tensor(float(value), dtype=torch.float64, device=like.device)
+
+
+def relevance_logits(
+    frame_embeds: torch.Tensor,
+    query_embeds: torch.Tensor,
+    logit_scale: torch.Tensor | float | None = None,
+    logit_bias: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """``s[b, t] = max_c(exp(logit_scale) * cos(q[b, c], f[b, t]) + logit_bias)`` in float64.
+
+    The same operations, in the same order, as
+    :func:`kvtp_kernels.reference.frame_scores_ref` (so the result is bit-identical to
+    it and to what ``prune``'s fused path computes), except that gradients flow into
+    ``logit_scale`` and ``logit_bias`` too (the reference detaches them).
+
+    Args:
+        frame_embeds: [B, T, E] any float dtype.
+        query_embeds: [B, C, E] (C query chunks).
+        logit_scale: log scale (SigLIP's parameter, exp() applied here); None = 0.
+        logit_bias: additive bias; None = 0.
+
+    Returns:
+        float64 [B, T].
+    """
+    f = frame_embeds.double()
+    q = query_embeds.double()
+    f = f / f.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
+    q = q / q.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
+    cos = torch.einsum("bce,bte->bct", q, f)  # [B, C, T]
+    scale = _logit_param(logit_scale, f).exp()
+    bias = _logit_param(logit_bias, f)
+    return (scale * cos + bias).amax(dim=1)
