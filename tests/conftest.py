@@ -10,10 +10,10 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from helpers import DEVICE, DTYPES  # noqa: E402,F401  (DTYPES: test_pack.py imports it from here)
 
 import kvtp_kernels  # noqa: E402,F401  (registers the ops under the interpreter)
 
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 BACKENDS = ["reference", "cpu", "triton"]
 
 
@@ -39,6 +39,43 @@ def pytest_report_header(config):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def triton_device():
+    """For the Triton test modules (``pytest.mark.usefixtures("triton_device")``): new tensors on
+    helpers.DEVICE, the CPU under the interpreter, else the GPU."""
+    torch.set_default_device(DEVICE)
+    yield
+    torch.set_default_device(None)
+
+
+@pytest.fixture
+def fake_safe_launches(monkeypatch):
+    """Under TRITON_INTERPRET, ``wrap_triton`` hands back the interpreted kernel itself,
+    which then runs even on the fake tensors of a trace (on a GPU it records the launch
+    instead). Skip launches whose arguments are tensor subclasses (fake / functional),
+    so that the op's fake path (the triton_op body: allocations only) can be tested.
+    Returns the ``test_utils`` for ``torch.library.opcheck``."""
+    if DEVICE != "cpu":
+        return ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+    real_wrap = torch.library.wrap_triton
+
+    def wrap(kernel):
+        launcher = real_wrap(kernel)
+
+        class _Grid:
+            def __getitem__(self, grid):
+                def launch(*args, **kwargs):
+                    if any(isinstance(a, torch.Tensor) and type(a) is not torch.Tensor for a in args):
+                        return None
+                    return launcher[grid](*args, **kwargs)
+                return launch
+        return _Grid()
+
+    monkeypatch.setattr(torch.library, "wrap_triton", wrap)
+    # test_aot_dispatch_dynamic traces the launches into a graph: GPU only
+    return ("test_schema", "test_autograd_registration", "test_faketensor")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch._dynamo
-from test_prune_triton import fake_safe_launches  # noqa: F401  (interpreted launches skip fake tensors)
 
 import kvtp_kernels
 
@@ -20,7 +19,7 @@ SHAPES = [(2, 4, 8, 16), (2, 6, 8, 16), (3, 5, 12, 8), (1, 7, 10, 4)]
 
 
 @pytest.fixture(autouse=True)
-def _fresh_dynamo(fake_safe_launches):  # noqa: F811
+def _fresh_dynamo(fake_safe_launches):  # conftest.py: interpreted launches skip fake tensors
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()

@@ -10,33 +10,17 @@ bit-identical rows without neighbours, non-finite tokens, one launch, the op con
 sm_90 (no spills, float64 MMA, only the output written as torch.compile sees it).
 """
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
-from test_methods import TOLERANCES
-from test_prune_triton import DEVICE, _LaunchCounter, fake_safe_launches  # noqa: F401  (fixture: opcheck under the interpreter)
+from helpers import DEVICE, TOLERANCES, LaunchCounter, compile_for_sm90, needs_triton_device
 
 import kvtp_kernels
 from kvtp_kernels import reference as ref
 from kvtp_kernels.kernels import merge_triton
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
-    reason="needs a CUDA device or TRITON_INTERPRET=1",
-)
+pytestmark = [needs_triton_device, pytest.mark.usefixtures("triton_device")]
 
 ALL_TOLERANCES = {**TOLERANCES, torch.float64: (1e-12, 1e-12)}
-
-
-@pytest.fixture(autouse=True)
-def _default_device():
-    torch.set_default_device(DEVICE)
-    yield
-    torch.set_default_device(None)
 
 
 def merge(tokens, keys, weights, indices, num_neighbors, mean):
@@ -51,13 +35,26 @@ def kept_indices(N, counts, seed=0):
 
 
 def check(tokens, keys, weights, indices, num_neighbors, mean):
-    """The Triton rows against prumerge_ref, with the per-dtype tolerances of test_methods.py."""
+    """The Triton rows against prumerge_ref, with the per-dtype tolerances of helpers.TOLERANCES."""
     out = merge(tokens, keys, weights, indices, num_neighbors, mean)
     want = ref.prumerge_ref(tokens, keys, weights, indices, num_neighbors, mean)
     assert out.dtype == tokens.dtype and out.shape == want.shape
     atol, rtol = ALL_TOLERANCES[tokens.dtype]
     torch.testing.assert_close(out, want, atol=atol, rtol=rtol)
     return out
+
+
+def merge_cpu(tokens, keys, weights, indices, num_neighbors, mean):
+    """The C++ kernel's rows (kvtp::merge_neighbors), on CPU copies of the inputs."""
+    return torch.ops.kvtp.merge_neighbors(tokens.cpu(), keys.cpu(), weights.cpu(), indices.cpu(), num_neighbors,
+                                          mean)
+
+
+def check_with_cpu(tokens, keys, weights, indices, num_neighbors, mean):
+    """``check``, and the Triton rows against the C++ kernel's to 1e-12 (same decisions)."""
+    out = check(tokens, keys, weights, indices, num_neighbors, mean)
+    cpu = merge_cpu(tokens, keys, weights, indices, num_neighbors, mean)
+    torch.testing.assert_close(out.cpu(), cpu, atol=1e-12, rtol=1e-12)
 
 
 def bits(x):
@@ -122,10 +119,7 @@ def test_gpu_tiles_near_tie_parallel_keys(gpu_tiles):
     indices = kept_indices(N, [12, N, 5])
     for num_neighbors in (3, 11, N - 1):
         for mean in (False, True):
-            out = check(tokens, keys, weights, indices, num_neighbors, mean)
-            cpu = torch.ops.kvtp.merge_neighbors(tokens.cpu(), keys.cpu(), weights.cpu(), indices.cpu(),
-                                                 num_neighbors, mean)
-            torch.testing.assert_close(out.cpu(), cpu, atol=1e-12, rtol=1e-12)
+            check_with_cpu(tokens, keys, weights, indices, num_neighbors, mean)
 
 
 # ----------------------------------------------------------------------------------
@@ -166,10 +160,7 @@ def test_exact_ties_nan_zero_and_inf_keys():
     indices = kept_indices(N, [N, N, 4, 6])
     for num_neighbors in (1, 4, N - 1):
         for mean in (False, True):
-            out = check(tokens, keys, weights, indices, num_neighbors, mean)
-            cpu = torch.ops.kvtp.merge_neighbors(tokens.cpu(), keys.cpu(), weights.cpu(), indices.cpu(),
-                                                 num_neighbors, mean)
-            torch.testing.assert_close(out.cpu(), cpu, atol=1e-12, rtol=1e-12)
+            check_with_cpu(tokens, keys, weights, indices, num_neighbors, mean)
 
 
 def test_frames_of_one_token():
@@ -246,8 +237,7 @@ def test_non_finite_tokens_reach_only_their_mergers():
     indices = kept_indices(N, [N, N])
     for mean in (False, True):
         out = merge(tokens, keys, weights, indices, 3, mean)
-        cpu = torch.ops.kvtp.merge_neighbors(tokens.cpu(), keys.cpu(), weights.cpu(), indices.cpu(), 3, mean)
-        torch.testing.assert_close(out.cpu(), cpu, equal_nan=True)
+        torch.testing.assert_close(out.cpu(), merge_cpu(tokens, keys, weights, indices, 3, mean), equal_nan=True)
         assert out[:N].isfinite().all(dim=1).sum() >= 1  # some row of frame 0 does not merge token 4
         assert out[N + 7, 2] == float("inf")
 
@@ -290,7 +280,7 @@ def test_bad_input(overrides, arg, fragment):
 # ----------------------------------------------------------------------------------
 def test_prumerge_launches(monkeypatch):
     """prune (three launches) + merge (two), no host sync in between (exact mode)."""
-    counter = _LaunchCounter(torch.library.wrap_triton)
+    counter = LaunchCounter(torch.library.wrap_triton)
     monkeypatch.setattr(torch.library, "wrap_triton", counter)
     tokens = torch.randn(2, 5, 7, 3)
     kvtp_kernels.prune(tokens, torch.randn(2, 5), 0.5, token_scores=torch.rand(2, 5, 7), method="prumerge",
@@ -299,7 +289,7 @@ def test_prumerge_launches(monkeypatch):
                                "_merge_rows_kernel"]
 
 
-def test_opcheck_merge_neighbors(fake_safe_launches):  # noqa: F811  (the fixture imported above)
+def test_opcheck_merge_neighbors(fake_safe_launches):  # conftest.py: opcheck under the interpreter
     op = torch.ops.kvtp.merge_neighbors_triton.default
     tokens, keys, weights = torch.randn(2, 3, 11, 5), torch.randn(2, 3, 11, 4), torch.rand(2, 3, 11)
     indices = torch.tensor([0, 3, 10, 12, 40, 41, 60])
@@ -310,7 +300,7 @@ def test_opcheck_merge_neighbors(fake_safe_launches):  # noqa: F811  (the fixtur
                           test_utils=fake_safe_launches)
 
 
-def test_fullgraph_compile(fake_safe_launches):  # noqa: F811  (the fixture imported above)
+def test_fullgraph_compile(fake_safe_launches):
     tokens, scores, attention = torch.randn(2, 5, 7, 3), torch.randn(2, 5), torch.rand(2, 5, 7)
     backend = "eager" if DEVICE == "cpu" else "inductor"  # interpreted kernels cannot be traced
 
@@ -332,86 +322,6 @@ def test_fullgraph_compile(fake_safe_launches):  # noqa: F811  (the fixture impo
 # marked divisible), check ptxas's spill report and the float64 MMA (select kernel
 # only), and run torch.compile's mutation analysis of user kernels on the same launches.
 # ----------------------------------------------------------------------------------
-_COMPILE_FOR_SM90 = textwrap.dedent("""
-    import re, subprocess, tempfile
-    import torch, triton
-    from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import get_ptxas
-    from triton.compiler import ASTSource
-    from torch._higher_order_ops import triton_kernel_wrap
-    import kvtp_kernels.kernels.merge_triton as mt
-
-    launches = []
-
-    class Record:  # stands in for wrap_triton: records the launches of the op body
-        def __init__(self, kernel):
-            self.kernel = kernel
-
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: launches.append((self.kernel, args, kwargs))
-
-    class Driver:  # the mutation analysis asks the active driver for its target
-        def get_current_target(self):
-            return GPUTarget("cuda", 90, 32)
-
-    torch.library.wrap_triton = Record
-    triton.runtime.driver.set_active(Driver())
-    types = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
-             torch.int32: "i32", torch.int64: "i64"}
-    e = lambda *shape, dtype=torch.float32: torch.empty(*shape, dtype=dtype)
-    bf, f16, f64, i64 = torch.bfloat16, torch.float16, torch.float64, torch.int64
-    llava = e(2, 64, 196, 3584, dtype=bf)  # LLaVA-Video-7B, 2 videos; keys = tokens
-    mt.merge_neighbors_triton(llava, llava, e(2, 64, 196), e(7526, dtype=i64), 32, False)
-    mt.merge_neighbors_triton(llava, llava, e(2, 64, 196), e(7526, dtype=i64), 32, True)
-    mt.merge_neighbors_triton(llava, llava, e(2, 64, 196), e(7526, dtype=i64), 0, True)
-    mt.merge_neighbors_triton(e(1, 8, 19, 111), e(1, 8, 19, 24, dtype=f16), e(1, 8, 19, dtype=bf), e(30, dtype=i64),
-                              18, True)
-    mt.merge_neighbors_triton(e(1, 8, 196, 64, dtype=f16), e(1, 8, 196, 64, dtype=f64), e(1, 8, 196, dtype=f64),
-                              e(300, dtype=i64), 195, False)
-    mt.merge_neighbors_triton(e(1, 8, 11, 32, dtype=f64), e(1, 8, 11, 8), e(1, 8, 11), e(40, dtype=i64), 6, True)
-    ptxas = get_ptxas(90).path
-    for kernel, args, kwargs in launches:
-        kwargs = dict(kwargs)
-        num_warps = kwargs.pop("num_warps")
-        values = dict(zip(kernel.arg_names, args), **kwargs)
-        signature, constexprs, attrs = {}, {}, {}
-        for i, name in enumerate(kernel.arg_names):
-            v = values[name]
-            if name in kwargs or (type(v) is int and v == 1):
-                signature[name], constexprs[(i,)] = "constexpr", v
-            elif isinstance(v, torch.Tensor):
-                signature[name], attrs[(i,)] = "*" + types[v.dtype], [["tt.divisibility", 16]]
-            else:
-                signature[name] = "i32" if -2**31 <= v < 2**31 else "i64"
-                if v % 16 == 0:
-                    attrs[(i,)] = [["tt.divisibility", 16]]
-        compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
-                                  options={"num_warps": num_warps})
-        ptx = compiled.asm["ptx"]
-        with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
-            f.write(ptx)
-            f.flush()
-            report = subprocess.run([ptxas, "-arch=sm_90a", "-v", f.name, "-o", "/dev/null"], capture_output=True,
-                                    text=True, check=True).stderr
-        spills = [int(n) for n in re.findall(r"(\\d+) bytes spill (?:stores|loads)", report)]
-        assert spills and not any(spills), report
-        select = kernel.fn.__name__ == "_merge_select_kernel"
-        dmma = len(re.findall(r"mma\\.sync\\.aligned\\.m8n8k4[^\\n]*f64", ptx))
-        # Triton < 3.7 lowers the float64 tl.dot to FMAs on sm_90 (no DMMA; mt.select_warps gives it 8 warps)
-        assert (dmma > 0) == (select and not mt._TRITON_BEFORE_3_7), dmma
-        accesses = triton_kernel_wrap.identify_accessed_tensors(kernel, dict(values), {})
-        written = ["neighbors_ptr", "coefs_ptr", "merging_ptr"] if select else ["out_ptr"]
-        assert sorted(dep.name for dep in accesses.read_writes.writes) == sorted(written), accesses.read_writes.writes
-    print("compiled", len(launches))
-""")
-
-
 @pytest.mark.skipif(DEVICE != "cpu", reason="the GPU run compiles the kernels anyway")
 def test_kernel_compiles_for_sm90():
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True, text=True,
-                            timeout=600)
-    if "ptxas" in result.stderr and "not found" in result.stderr.lower():
-        pytest.skip("triton's ptxas is not available")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip() == "compiled 11"
+    assert compile_for_sm90("merge") == "compiled 11"

@@ -3,14 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from conftest import DTYPES
+from helpers import DTYPES, TOLERANCES
 
 import kvtp_kernels
 from kvtp_kernels import reference as ref
-
-# PruMerge/ToMe rows are new values computed in float64 and rounded once; backends may
-# differ in the float64 summation order, i.e. by at most one rounding of the output dtype.
-TOLERANCES = {torch.float32: (1e-5, 1e-5), torch.float16: (1e-3, 1e-3), torch.bfloat16: (1e-2, 8e-3)}
 
 
 def inputs(B, T, N, D, dtype, Dk=None):

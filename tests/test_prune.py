@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import DTYPES
+from helpers import DTYPES, assert_same
 
 import kvtp_kernels
 from kvtp_kernels import reference as ref
@@ -27,19 +27,6 @@ def make_inputs(B, T, N, D, dtype, *, scale=3.0):
     tokens = torch.randn(B, T, N, D).to(dtype)
     scores = torch.randn(B, T) * scale
     return tokens, scores
-
-
-def assert_same(out, expected):
-    assert out.frame_counts.dtype == torch.int32 and out.cu_seqlens.dtype == torch.int32
-    assert out.indices.dtype == torch.int64 and out.frame_cu_seqlens.dtype == torch.int32
-    torch.testing.assert_close(out.frame_counts, expected.frame_counts, rtol=0, atol=0)
-    torch.testing.assert_close(out.indices, expected.indices, rtol=0, atol=0)
-    torch.testing.assert_close(out.cu_seqlens, expected.cu_seqlens, rtol=0, atol=0)
-    torch.testing.assert_close(out.frame_cu_seqlens, expected.frame_cu_seqlens, rtol=0, atol=0)
-    assert out.tokens.dtype == expected.tokens.dtype
-    assert torch.equal(out.tokens.view(torch.uint8), expected.tokens.view(torch.uint8)), \
-        "token rows are not bit-identical"
-    assert out.max_seqlen == expected.max_seqlen
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)

@@ -7,34 +7,17 @@ tiles), three launches per exact-mode call, the op contracts (opcheck, fullgraph
 compile of every kernel variant for sm_90 (the interpreter cannot see GPU-only errors).
 """
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
-from test_prune import assert_same
+from helpers import DEVICE, LaunchCounter, assert_same, compile_for_sm90, needs_triton_device
 
 import kvtp_kernels
 from kvtp_kernels import reference as ref
 from kvtp_kernels.kernels import prune_triton
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
-    reason="needs a CUDA device or TRITON_INTERPRET=1",
-)
-
 # Under the interpreter (conftest.py's default) the Triton kernels run on CPU tensors;
 # with TRITON_INTERPRET=0 on a CUDA machine the same tests run on the GPU.
-DEVICE = "cuda" if os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
-
-
-@pytest.fixture(autouse=True)
-def _default_device():
-    torch.set_default_device(DEVICE)
-    yield
-    torch.set_default_device(None)
+pytestmark = [needs_triton_device, pytest.mark.usefixtures("triton_device")]
 
 
 def _prune_both(tokens, scores, budget, **kw):
@@ -227,19 +210,9 @@ def test_paper_mode_can_keep_nothing():
 # ----------------------------------------------------------------------------------
 # One launch, static shapes, op contracts
 # ----------------------------------------------------------------------------------
-class _LaunchCounter:
-    def __init__(self, wrap_triton):
-        self.wrap_triton = wrap_triton
-        self.kernels = []
-
-    def __call__(self, kernel):
-        self.kernels.append(kernel.fn.__name__)
-        return self.wrap_triton(kernel)
-
-
 def test_exact_mode_is_three_launches(monkeypatch):
     """plan (counts once per video), select, copy; paper mode adds its keep-count launch."""
-    counter = _LaunchCounter(torch.library.wrap_triton)
+    counter = LaunchCounter(torch.library.wrap_triton)
     monkeypatch.setattr(torch.library, "wrap_triton", counter)
     tokens = torch.randn(2, 5, 7, 3)
     three = ["_plan_kernel", "_select_kernel", "_copy_rows_kernel"]
@@ -259,33 +232,6 @@ def _op_args(B=2, T=5, N=7, D=3, **kw):
                 frame_counts=None, budget=K, total_rows=B * K, temperature=2.0, min_tokens=0)
     args.update(kw)
     return tuple(args.values())
-
-
-@pytest.fixture
-def fake_safe_launches(monkeypatch):
-    """Under TRITON_INTERPRET, ``wrap_triton`` hands back the interpreted kernel itself,
-    which then runs even on the fake tensors of a trace (on a GPU it records the launch
-    instead). Skip launches whose arguments are tensor subclasses (fake / functional),
-    so that the op's fake path (the triton_op body: allocations only) can be tested."""
-    if DEVICE != "cpu":
-        return ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
-    real_wrap = torch.library.wrap_triton
-
-    def wrap(kernel):
-        launcher = real_wrap(kernel)
-
-        class _Grid:
-            def __getitem__(self, grid):
-                def launch(*args, **kwargs):
-                    if any(isinstance(a, torch.Tensor) and type(a) is not torch.Tensor for a in args):
-                        return None
-                    return launcher[grid](*args, **kwargs)
-                return launch
-        return _Grid()
-
-    monkeypatch.setattr(torch.library, "wrap_triton", wrap)
-    # test_aot_dispatch_dynamic traces the launches into a graph: GPU only
-    return ("test_schema", "test_autograd_registration", "test_faketensor")
 
 
 def test_opcheck_prune_tokens(fake_safe_launches):
@@ -351,84 +297,10 @@ def test_offsets_beyond_int32(tmp_path):
 
 # ----------------------------------------------------------------------------------
 # The interpreter cannot see GPU-only compile errors (e.g. a loop-carried variable that
-# changes shape): compile every kernel variant for sm_90 ahead of time, no GPU needed.
+# changes shape): compile every kernel variant for sm_90 ahead of time, no GPU needed
+# (tests/compile_sm90.py: the launches, ptxas's spill report, the headline copy's grid
+# and 16-byte loads, the plan kernel's unfused float64 products).
 # ----------------------------------------------------------------------------------
-_COMPILE_FOR_SM90 = textwrap.dedent("""
-    import re, subprocess, tempfile
-    import torch, triton
-    from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import get_ptxas
-    from triton.compiler import ASTSource
-    import kvtp_kernels.kernels.prune_triton as pt
-
-    launches = []
-
-    class Record:  # stands in for wrap_triton: records the launches of the op bodies
-        def __init__(self, kernel):
-            self.kernel = kernel
-
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: launches.append((self.kernel, grid, args, kwargs))
-
-    torch.library.wrap_triton = Record
-    types = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
-             torch.int32: "i32", torch.int64: "i64"}
-    e = lambda *shape, dtype=torch.float32: torch.empty(*shape, dtype=dtype, device="meta")
-    bf, f64, i32 = torch.bfloat16, torch.float64, torch.int32
-    headline = e(1, 64, 196, 3584, dtype=bf)  # B=1, T=64, N=196, D=3584, beta=0.2: K=2509
-    pt.prune_tokens_triton(headline, e(1, 64), None, None, None, None, e(1, 64, 196), None, 2509, 2509, 2.0, 0)
-    pt.prune_tokens_triton(headline, None, e(1, 64, 1152, dtype=bf), e(1, 2, 1152, dtype=bf), e(1, dtype=f64),
-                           e(1, dtype=f64), None, None, 2509, 2509, 2.0, 0)
-    pt.prune_tokens_triton(e(2, 64, 196, 3584, dtype=bf), e(2, 64), None, None, None, None, None, None,
-                           3763, 7526, 2.0, 0)
-    pt.prune_tokens_triton(e(1, 8, 19, 32, dtype=torch.float16), None, e(1, 8, 24), e(1, 2, 24), e(1, dtype=f64),
-                           e(1, dtype=f64), e(1, 8, 19), None, 30, 30, 2.0, 1)
-    pt.prune_tokens_triton(e(1, 8, 19, 32), None, None, None, None, None, None, e(1, 8, dtype=i32), 0, 30, 2.0, 0)
-    pt.prune_tokens_triton(e(1, 1, 1, 1, dtype=f64), e(1, 1), None, None, None, None, None, None, 1, 1, 2.0, 1)
-    pt.keep_counts_triton(e(2, 64), None, None, None, None, 196, 3763, 0.3, 2.0, 0, False)
-    pt.keep_counts_triton(None, e(2, 64, 24, dtype=bf), e(2, 3, 24, dtype=bf), None, None, 196, 3763, 0.3, 2.0, 0, True)
-    pt.keep_counts_triton(e(1, 1024), None, None, None, None, 49, 10035, 0.2, 2.0, 0, False)
-    ptxas = get_ptxas(90).path
-    for number, (kernel, grid, args, kwargs) in enumerate(launches):
-        kwargs = dict(kwargs)
-        num_warps = kwargs.pop("num_warps")
-        values = dict(zip(kernel.arg_names, args), **kwargs)
-        signature, constexprs, attrs = {}, {}, {}
-        for i, name in enumerate(kernel.arg_names):
-            v = values[name]
-            if name in kwargs or (type(v) is int and v == 1):  # the launcher specialises ints == 1 too
-                signature[name], constexprs[(i,)] = "constexpr", v
-            elif isinstance(v, torch.Tensor):
-                signature[name], attrs[(i,)] = "*" + types[v.dtype], [["tt.divisibility", 16]]
-            else:
-                signature[name] = "i32" if -2**31 <= v < 2**31 else "i64"
-                if v % 16 == 0:
-                    attrs[(i,)] = [["tt.divisibility", 16]]
-        src = ASTSource(kernel, signature, constexprs, attrs)
-        compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
-        with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
-            f.write(compiled.asm["ptx"])
-            f.flush()
-            report = subprocess.run([ptxas, "-arch=sm_90a", "-v", f.name, "-o", "/dev/null"], capture_output=True,
-                                    text=True, check=True).stderr
-        spills = [int(n) for n in re.findall(r"(\\d+) bytes spill (?:stores|loads)", report)]
-        assert spills and not any(spills), (kernel.fn.__name__, report)
-        if number == 2:  # the headline copy: the whole GPU, 16-byte loads
-            assert kernel.fn.__name__ == "_copy_rows_kernel"
-            assert grid[0] * grid[1] >= 264, grid
-            assert len(re.findall(r"ld\\.global[^\\n]*v4", compiled.asm["ptx"])) >= 8
-        if number == 3:  # similarity and distinctiveness sums: products rounded on their own, never FMAs
-            assert kernel.fn.__name__ == "_plan_kernel" and "mul.rn.f64" in compiled.asm["ptx"]
-    print("compiled", len(launches))
-""")
-
-
 @pytest.mark.skipif(DEVICE != "cpu", reason="the GPU run compiles the kernels anyway")
 def test_kernels_compile_for_sm90():
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True, text=True,
-                            timeout=600)
-    if "ptxas" in result.stderr and "not found" in result.stderr.lower():
-        pytest.skip("triton's ptxas is not available")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip() == "compiled 21"
+    assert compile_for_sm90("prune") == "compiled 21"
