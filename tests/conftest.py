@@ -10,11 +10,9 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from helpers import DEVICE, DTYPES  # noqa: E402,F401  (DTYPES: test_pack.py imports it from here)
+from helpers import DEVICE  # noqa: E402
 
 import kvtp_kernels  # noqa: E402,F401  (registers the ops under the interpreter)
-
-BACKENDS = ["reference", "cpu", "triton"]
 
 
 def pytest_report_header(config):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DTYPES
+from helpers import DTYPES
 
 try:  # only test_random_batches needs it; the lent GPU machines may not have it
     from hypothesis import given, settings
