@@ -76,27 +76,15 @@ import kvtp_kernels
 from kvtp_kernels import ops
 from kvtp_kernels import reference as ref
 
-from .harness import (
-    Benchmark,
-    Case,
-    Environment,
-    MismatchError,
-    Point,
-    Provider,
-    Result,
-    RunConfig,
-    dtype_name,
-    environment_line,
-    format_table,
-    main,
-    ms,
-    register,
-    results_table,
-)
+from .core import Case, MismatchError, Point, Provider, Result, RunConfig, dtype_name, register_module
+from .harness import comma_names, main
+from .measure import Environment
+from .report import all_points_section, format_table, ms, noise_note, provider_table
 
 #: The headline (METHOD.md section 5): one LLaVA-Video-7B video at the paper's beta.
 HEADLINE = {"B": 1, "T": 64, "N": 196, "D": 3584, "beta": 0.2}
-METHODS = ("prumerge", "tome", "random", "topk")
+#: kvtp_kernels.options.METHODS in the order of the sweep and the report.
+SWEPT_METHODS = ("prumerge", "tome", "random", "topk")
 MERGING = ("prumerge", "tome")
 #: Merge keys: random keys of SigLIP's width (what the authors use: the keys of SigLIP's
 #: attention-pooling head) or the tokens themselves (``merge_keys=None``).
@@ -160,7 +148,7 @@ def is_headline(point: Point) -> bool:
 # ----------------------------------------------------------------------------------
 def points(config: RunConfig) -> list[Point]:
     dtypes = config.dtypes or (DTYPES if config.full else (torch.bfloat16,))
-    methods = config.options.get("methods") or METHODS
+    methods = config.options.get("methods") or SWEPT_METHODS
     keys = config.options.get("keys") or (KEY_MODES if config.full else KEY_MODES[:1])
     out = []
     for dtype in dtypes:
@@ -178,15 +166,17 @@ def points(config: RunConfig) -> list[Point]:
     return out
 
 
-def _names(known: Sequence[str]):
-    """argparse ``type``: a comma-separated subset of ``known`` -> tuple."""
-    def parse(value: str) -> tuple[str, ...]:
-        names = tuple(v.strip() for v in value.split(",") if v.strip())
-        bad = [n for n in names if n not in known]
-        if bad or not names:
-            raise argparse.ArgumentTypeError(f"unknown {bad or value!r}; choose from {', '.join(known)}")
-        return names
-    return parse
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("methods")
+    group.add_argument("--methods", type=comma_names(SWEPT_METHODS), default=None,
+                       help=f"comma-separated subset of {', '.join(SWEPT_METHODS)} (default: all)")
+    group.add_argument("--keys", type=comma_names(KEY_MODES), default=None,
+                       help=f"merge keys for prumerge/tome: comma-separated subset of {', '.join(KEY_MODES)} "
+                            "(siglip: random Dk=1152 keys; tokens: the tokens themselves). Default: siglip for "
+                            "--quick, both for --full")
+    group.add_argument("--tome-headline", action="store_true",
+                       help="quick CPU runs: time ToMe at the headline (T=64; ~0.35 s per call of ours, ~0.5 s of the "
+                            "loop on 2 cores) instead of T=4")
 
 
 # ----------------------------------------------------------------------------------
@@ -389,6 +379,17 @@ def _counts(scores: torch.Tensor, budget: float | int, N: int, temperature: floa
     return kvtp_kernels.keep_counts(scores, budget, N, temperature=temperature, backend="reference")
 
 
+def _kept_frames(counts: torch.Tensor):
+    """(b, t, k) of every frame that keeps k > 0 tokens, in order: the authors' per-frame loop (one host sync
+    per frame)."""
+    B, T = counts.shape
+    for b in range(B):
+        for t in range(T):
+            k = int(counts[b, t])  # host sync per frame
+            if k:
+                yield b, t, k
+
+
 def prumerge_authors_loop(tokens: torch.Tensor, scores: torch.Tensor, budget: float | int, token_scores: torch.Tensor,
                           merge_keys: torch.Tensor | None, num_neighbors: int = NUM_NEIGHBORS,
                           temperature: float = TEMPERATURE) -> MethodOutput:
@@ -412,36 +413,32 @@ def prumerge_authors_loop(tokens: torch.Tensor, scores: torch.Tensor, budget: fl
     Ties: ``torch.topk`` does not promise which of two equal values it returns; benchmark
     data has none (softmax of random logits, float64 cosines of random keys).
     """
-    B, T, N, D = tokens.shape
+    _, T, N, _ = tokens.shape
     keys = tokens if merge_keys is None else merge_keys
     counts = _counts(scores, budget, N, temperature)
     rows, kept = [], []
-    for b in range(B):
-        for t in range(T):
-            k = int(counts[b, t])  # host sync per frame
-            if k == 0:
-                continue
-            frame, attn = tokens[b, t], token_scores[b, t]
-            _, idx = torch.topk(attn, k)
-            idx = idx.sort().values
-            others = torch.ones(N, dtype=torch.bool, device=tokens.device)
-            others[idx] = False
-            compl = others.nonzero().squeeze(-1)
-            key_norm = F.normalize(keys[b, t].double(), dim=-1)
-            x_kept, a_kept, k_kept = frame[idx], attn[idx], key_norm[idx]
-            x_rest, a_rest, k_rest = frame[compl], attn[compl], key_norm[compl]
-            merged = torch.empty_like(x_kept)
-            for i in range(k):
-                rest_x = torch.cat([x_kept[:i], x_kept[i + 1:], x_rest])
-                rest_a = torch.cat([a_kept[:i], a_kept[i + 1:], a_rest])
-                rest_k = torch.cat([k_kept[:i], k_kept[i + 1:], k_rest])
-                cos = torch.mm(k_kept[i:i + 1], rest_k.t())
-                _, nearest = torch.topk(cos, num_neighbors, dim=1)
-                nearest = nearest[0]
-                cluster = rest_x[nearest].double() * rest_a[nearest].double()[:, None]
-                merged[i] = (cluster.sum(dim=0) + x_kept[i].double()).to(tokens.dtype)
-            rows.append(merged)
-            kept.append(idx + (b * T + t) * N)
+    for b, t, k in _kept_frames(counts):
+        frame, attn = tokens[b, t], token_scores[b, t]
+        _, idx = torch.topk(attn, k)
+        idx = idx.sort().values
+        others = torch.ones(N, dtype=torch.bool, device=tokens.device)
+        others[idx] = False
+        compl = others.nonzero().squeeze(-1)
+        key_norm = F.normalize(keys[b, t].double(), dim=-1)
+        x_kept, a_kept, k_kept = frame[idx], attn[idx], key_norm[idx]
+        x_rest, a_rest, k_rest = frame[compl], attn[compl], key_norm[compl]
+        merged = torch.empty_like(x_kept)
+        for i in range(k):
+            rest_x = torch.cat([x_kept[:i], x_kept[i + 1:], x_rest])
+            rest_a = torch.cat([a_kept[:i], a_kept[i + 1:], a_rest])
+            rest_k = torch.cat([k_kept[:i], k_kept[i + 1:], k_rest])
+            cos = torch.mm(k_kept[i:i + 1], rest_k.t())
+            _, nearest = torch.topk(cos, num_neighbors, dim=1)
+            nearest = nearest[0]
+            cluster = rest_x[nearest].double() * rest_a[nearest].double()[:, None]
+            merged[i] = (cluster.sum(dim=0) + x_kept[i].double()).to(tokens.dtype)
+        rows.append(merged)
+        kept.append(idx + (b * T + t) * N)
     return MethodOutput(torch.cat(rows), torch.cat(kept), counts)
 
 
@@ -503,41 +500,37 @@ def tome_loop(tokens: torch.Tensor, scores: torch.Tensor, budget: float | int, m
     without sizes and rescale to the largest norm); float64 math rounded once; survivors
     in raster order, each represented by its own position.
     """
-    B, T, N, D = tokens.shape
+    _, T, N, _ = tokens.shape
     keys = tokens if merge_keys is None else merge_keys
     counts = _counts(scores, budget, N, temperature)
     rows, reps = [], []
-    for b in range(B):
-        for t in range(T):
-            k = int(counts[b, t])  # host sync per frame
-            if k == 0:
-                continue
-            x, kk = tokens[b, t].double(), keys[b, t].double()
-            size = torch.ones(N, dtype=torch.float64, device=tokens.device)
-            position = torch.arange(N, device=tokens.device)
-            while x.shape[0] > k:
-                n = x.shape[0]
-                unit = F.normalize(kk, dim=-1)
-                similarity = torch.mm(unit[0::2], unit[1::2].t())  # [|A|, |B|]
-                best, partner = similarity.max(dim=1)  # the first maximum: ties to the lower b
-                r = min(n - k, best.shape[0])
-                _, chosen = torch.topk(best, r)
-                chosen, partners = chosen.tolist(), partner[chosen].tolist()  # host sync per round
-                sources: dict[int, list[int]] = {}
-                for a, dest in zip(chosen, partners):
-                    sources.setdefault(dest, []).append(a)
-                for dest, group in sources.items():
-                    members = [2 * dest + 1] + [2 * a for a in group]
-                    s = size[members]
-                    total = s.sum()
-                    x[2 * dest + 1] = (s[:, None] * x[members]).sum(dim=0) / total
-                    kk[2 * dest + 1] = (s[:, None] * kk[members]).sum(dim=0) / total
-                    size[2 * dest + 1] = total
-                alive = torch.ones(n, dtype=torch.bool, device=tokens.device)
-                alive[[2 * a for a in chosen]] = False
-                x, kk, size, position = x[alive], kk[alive], size[alive], position[alive]
-            rows.append(x.to(tokens.dtype))
-            reps.append(position + (b * T + t) * N)
+    for b, t, k in _kept_frames(counts):
+        x, kk = tokens[b, t].double(), keys[b, t].double()
+        size = torch.ones(N, dtype=torch.float64, device=tokens.device)
+        position = torch.arange(N, device=tokens.device)
+        while x.shape[0] > k:
+            n = x.shape[0]
+            unit = F.normalize(kk, dim=-1)
+            similarity = torch.mm(unit[0::2], unit[1::2].t())  # [|A|, |B|]
+            best, partner = similarity.max(dim=1)  # the first maximum: ties to the lower b
+            r = min(n - k, best.shape[0])
+            _, chosen = torch.topk(best, r)
+            chosen, partners = chosen.tolist(), partner[chosen].tolist()  # host sync per round
+            sources: dict[int, list[int]] = {}
+            for a, dest in zip(chosen, partners):
+                sources.setdefault(dest, []).append(a)
+            for dest, group in sources.items():
+                members = [2 * dest + 1] + [2 * a for a in group]
+                s = size[members]
+                total = s.sum()
+                x[2 * dest + 1] = (s[:, None] * x[members]).sum(dim=0) / total
+                kk[2 * dest + 1] = (s[:, None] * kk[members]).sum(dim=0) / total
+                size[2 * dest + 1] = total
+            alive = torch.ones(n, dtype=torch.bool, device=tokens.device)
+            alive[[2 * a for a in chosen]] = False
+            x, kk, size, position = x[alive], kk[alive], size[alive], position[alive]
+        rows.append(x.to(tokens.dtype))
+        reps.append(position + (b * T + t) * N)
     return MethodOutput(torch.cat(rows), torch.cat(reps), counts)
 
 
@@ -624,28 +617,12 @@ def headline_tables(results: Sequence[Result]) -> list[str]:
     cuda = any(r.sync_free is not None for r in results)
     parts = []
     for rows in rows_by_group.values():
-        ours = next((r for r in rows if r.role == "ours"), None)
-        table = []
-        for r in rows:
-            t = r.timing
-            ratio = (t.median_ms / ours.timing.median_ms if t is not None and ours is not None
-                     and ours.timing is not None else None)
-            cells = [r.provider, r.role, ms(t and t.median_ms), "-" if t is None else f"{ms(t.p10_ms)}-{ms(t.p90_ms)}",
-                     "-" if r.gbps is None else f"{r.gbps:.2f}", "-" if ratio is None else f"{ratio:.2f}x",
-                     "-" if r.setup_s is None else f"{r.setup_s:.2f}"]
-            if cuda:
-                cells.append("-" if r.sync_free is None else "yes" if r.sync_free else "NO")
-            cells.append(r.status)
-            table.append(cells)
-        headers = ["provider", "role", "median ms", "p10-p90 ms", "GB/s", "t / t_ours", "setup s"]
-        headers += ["sync-free"] if cuda else []
-        headers.append("status")
         point = rows[0].point
         keys = f", keys {point['keys']}" if point.get("keys") else ""
         note = "" if is_headline(point) else " (reduced quick point; the headline runs with --full or --tome-headline)"
         title = (f"### {point['method']}: {dtype_name(point.dtype)}{keys}, {point.shape_str} beta={point['beta']} "
                  f"(K={kept_per_video(point)} per video, {rows[0].bytes_moved / 1e6:.1f} MB moved){note}")
-        parts.append(title + "\n\n" + format_table(headers, table))
+        parts.append(title + "\n\n" + provider_table(rows, cuda=cuda, gbps_digits=2))
     return parts
 
 
@@ -682,13 +659,8 @@ def report(results: list[Result], config: RunConfig, env: Environment) -> str:
     speedups = speedup_table(results)
     if speedups:
         parts.append(speedups)
-    applicable = _applicable(results)
-    n_points = len({r.point for r in applicable})
-    if n_points <= 64:
-        parts.append(f"### all points (median ms)\n\n{results_table(applicable)}")
-    else:
-        parts.append(f"({n_points} points: every row is in the CSV, --csv PATH or --save)")
-    parts.append(f"({environment_line(env)}; timings from a shared machine are noise)")
+    parts.append(all_points_section(_applicable(results), max_points=64))
+    parts.append(noise_note(env))
     return "\n\n".join(parts)
 
 
@@ -732,31 +704,9 @@ def plot(results: list[Result], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("methods")
-    group.add_argument("--methods", type=_names(METHODS), default=None,
-                       help=f"comma-separated subset of {', '.join(METHODS)} (default: all)")
-    group.add_argument("--keys", type=_names(KEY_MODES), default=None,
-                       help=f"merge keys for prumerge/tome: comma-separated subset of {', '.join(KEY_MODES)} "
-                            "(siglip: random Dk=1152 keys; tokens: the tokens themselves). Default: siglip for "
-                            "--quick, both for --full")
-    group.add_argument("--tome-headline", action="store_true",
-                       help="quick CPU runs: time ToMe at the headline (T=64; ~0.35 s per call of ours, ~0.5 s of the "
-                            "loop on 2 cores) instead of T=4")
-
-
-BENCHMARK = register(Benchmark(
-    name="methods",
-    description="within-frame methods under KVTP's counts: ours vs the authors' per-token loops",
-    providers=PROVIDERS,
-    points=points,
-    make_case=make_case,
-    check=check,
-    bytes_moved=bytes_moved,
-    report=report,
-    plot=plot,
-    add_arguments=add_arguments,
-))
+BENCHMARK = register_module(
+    globals(), name="methods",
+    description="within-frame methods under KVTP's counts: ours vs the authors' per-token loops")
 
 
 if __name__ == "__main__":

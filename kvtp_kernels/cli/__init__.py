@@ -15,8 +15,9 @@ file, model, device or output path; checked before any work starts), one line
 console script: ``python -m kvtp_kernels.cli``.
 
 One module per command group: ``eval_cmd``, ``annotate_cmd``, ``demo_cmd`` (each its parser and its run),
-``delegated`` (``bench`` and ``train-predictor``); ``_args`` holds the argument types, the common options
-and the checks they share. The tiny random model of ``kvtp demo`` is ``kvtp_kernels.tiny_models``.
+``delegated`` (``bench`` and ``train-predictor``); ``_args`` holds the argument types and the options
+several subcommands take, ``_checks`` the checks before any work (output paths, reading --data). The tiny
+random model of ``kvtp demo`` is ``kvtp_kernels.tiny_models``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import sys
 from collections.abc import Sequence
 
 from . import annotate_cmd, delegated, demo_cmd, eval_cmd
-from ._args import PROG, UsageError
+from ._checks import PROG, UsageError
 
 __all__ = ["build_parser", "main"]
 

@@ -6,20 +6,8 @@ import argparse
 import os
 
 from ..options import ANNOTATORS, IMAGE_FORMATS, PROMPT_FORMATS
-from ._args import (
-    PROG,
-    HelpFormatter,
-    UsageError,
-    check_output_target,
-    non_negative_int,
-    positive_float,
-    positive_int,
-    read_selected_samples,
-    report_errors,
-    run_options,
-    same_file,
-    video_options,
-)
+from ._args import HelpFormatter, non_negative_int, positive_float, positive_int, run_options, video_options
+from ._checks import PROG, UsageError, check_output_target, read_selected_samples, report_errors, same_file
 
 
 # ----------------------------------------------------------------------------------

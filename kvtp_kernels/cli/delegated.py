@@ -14,7 +14,7 @@ import importlib.util
 import os
 import sys
 
-from ._args import PROG
+from ._checks import PROG
 
 NEEDS_CHECKOUT = ("the benchmarks live in bench/ of the kvtp_kernels source checkout and are not installed with "
                   "the package; run 'kvtp bench' (or 'python -m bench.run') from a clone of the repository, or "
@@ -41,10 +41,7 @@ def run_bench(argv: list[str]) -> int:
     if not _load_bench_package():
         print(f"{PROG} bench: error: {NEEDS_CHECKOUT}", file=sys.stderr)
         return 2
-    harness = importlib.import_module("bench.harness")
-    description = importlib.import_module("bench.run").__doc__ or ""
-    harness.main(list(harness.discover().values()), argv, prog=f"{PROG} bench",
-                 description=description.split("\n\n")[0])
+    importlib.import_module("bench.run").run(argv, prog=f"{PROG} bench")
     return 0
 
 

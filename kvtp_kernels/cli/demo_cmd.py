@@ -10,7 +10,6 @@ import time
 from ..options import METHODS
 from ._args import (
     HelpFormatter,
-    UsageError,
     budget,
     non_negative_int,
     positive_float,
@@ -19,6 +18,7 @@ from ._args import (
     text,
     video_options,
 )
+from ._checks import UsageError
 
 #: The tiny model's prompt around the video: BOS and a few word ids (it has no tokenizer).
 TINY_PROMPT = ([2, 4, 5, 6], [7, 8, 9])

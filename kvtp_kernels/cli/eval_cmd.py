@@ -9,21 +9,23 @@ import sys
 
 from ..options import ALLOCATIONS, LAYOUTS, MERGES, METHODS, MODES, PROMPT_FORMATS
 from ._args import (
-    PROG,
     HelpFormatter,
-    UsageError,
     budget,
-    check_output_target,
-    check_writable_file,
     modes,
     non_negative_int,
     positive_float,
     positive_int,
+    run_options,
+    video_options,
+)
+from ._checks import (
+    PROG,
+    UsageError,
+    check_output_target,
+    check_writable_file,
     read_selected_samples,
     report_errors,
-    run_options,
     same_file,
-    video_options,
 )
 
 
