@@ -77,9 +77,9 @@ from kvtp_kernels import ops
 from kvtp_kernels import reference as ref
 
 from .core import Case, MismatchError, Point, Provider, Result, RunConfig, dtype_name, register_module
-from .harness import comma_names, main
+from .harness import comma_names, main, subset_option
 from .measure import Environment
-from .report import all_points_section, format_table, ms, noise_note, provider_table
+from .report import format_table, join_report, ms, provider_table
 
 #: The headline (METHOD.md section 5): one LLaVA-Video-7B video at the paper's beta.
 HEADLINE = {"B": 1, "T": 64, "N": 196, "D": 3584, "beta": 0.2}
@@ -168,8 +168,7 @@ def points(config: RunConfig) -> list[Point]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("methods")
-    group.add_argument("--methods", type=comma_names(SWEPT_METHODS), default=None,
-                       help=f"comma-separated subset of {', '.join(SWEPT_METHODS)} (default: all)")
+    subset_option(group, "--methods", SWEPT_METHODS, "all")
     group.add_argument("--keys", type=comma_names(KEY_MODES), default=None,
                        help=f"merge keys for prumerge/tome: comma-separated subset of {', '.join(KEY_MODES)} "
                             "(siglip: random Dk=1152 keys; tokens: the tokens themselves). Default: siglip for "
@@ -655,13 +654,8 @@ def speedup_table(results: Sequence[Result]) -> str | None:
 
 
 def report(results: list[Result], config: RunConfig, env: Environment) -> str:
-    parts = headline_tables(results)
-    speedups = speedup_table(results)
-    if speedups:
-        parts.append(speedups)
-    parts.append(all_points_section(_applicable(results), max_points=64))
-    parts.append(noise_note(env))
-    return "\n\n".join(parts)
+    parts = [*headline_tables(results), speedup_table(results)]
+    return join_report(parts, _applicable(results), env, max_points=64)
 
 
 def plot(results: list[Result], path: Path) -> None:

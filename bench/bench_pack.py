@@ -61,17 +61,9 @@ from kvtp_kernels.api import PrunedTokens
 from kvtp_kernels.options import OUTPUTS
 
 from .core import Case, MismatchError, Point, Provider, Result, RunConfig, dtype_name, register_module
-from .harness import comma_names, main
+from .harness import main, subset_option
 from .measure import Environment
-from .report import (
-    all_points_section,
-    format_table,
-    ms,
-    noise_note,
-    plot_lines,
-    provider_table,
-    speedup,
-)
+from .report import format_table, join_report, ms, plot_lines, provider_table, speedup
 
 #: The headline: a batch of 8 LLaVA-Video-7B prompts, each with one pruned video.
 HEADLINE = {"B": 8, "T": 64, "N": 196, "D": 3584, "beta": 0.2}
@@ -130,10 +122,8 @@ def points(config: RunConfig) -> list[Point]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("pack")
-    group.add_argument("--layouts", type=comma_names(SWEPT_LAYOUTS), default=None,
-                       help=f"comma-separated subset of {', '.join(SWEPT_LAYOUTS)} (default: both)")
-    group.add_argument("--outputs", type=comma_names(OUTPUTS), default=None,
-                       help=f"comma-separated subset of {', '.join(OUTPUTS)} (default: both)")
+    subset_option(group, "--layouts", SWEPT_LAYOUTS, "both")
+    subset_option(group, "--outputs", OUTPUTS, "both")
 
 
 # ----------------------------------------------------------------------------------
@@ -404,12 +394,7 @@ def report(results: list[Result], config: RunConfig, env: Environment) -> str:
         by_point.setdefault(r.point, []).append(r)
     shown = [p for p in by_point if p["B"] == HEADLINE["B"] and p["N"] == HEADLINE["N"]]
     parts = [point_table(by_point[p]) for p in sorted(shown, key=lambda p: not is_headline(p))[:8]]
-    speedups = speedup_table(results)
-    if speedups:
-        parts.append(speedups)
-    parts.append(all_points_section(results, max_points=48))
-    parts.append(noise_note(env))
-    return "\n\n".join(parts)
+    return join_report([*parts, speedup_table(results)], results, env, max_points=48)
 
 
 def plot(results: list[Result], path: Path) -> None:

@@ -48,13 +48,7 @@ from . import baselines
 from .core import Case, MismatchError, Point, Provider, Result, RunConfig, dtype_name, register_module
 from .harness import main
 from .measure import Environment
-from .report import (
-    all_points_section,
-    format_table,
-    noise_note,
-    plot_lines,
-    provider_table,
-)
+from .report import format_table, join_report, plot_lines, provider_table
 
 #: The headline row (METHOD.md section 5): one LLaVA-Video-7B video at the paper's beta.
 HEADLINE = {"B": 1, "T": 64, "N": 196, "D": 3584, "beta": 0.2}
@@ -337,12 +331,7 @@ def report(results: list[Result], config: RunConfig, env: Environment) -> str:
             table = headline_table(results, dtype, mode)
             if table:
                 parts.append(table)
-    targets = targets_table(results, config.device.type)
-    if targets:
-        parts.append(targets)
-    parts.append(all_points_section(results, max_points=48))
-    parts.append(noise_note(env))
-    return "\n\n".join(parts)
+    return join_report([*parts, targets_table(results, config.device.type)], results, env, max_points=48)
 
 
 def plot(results: list[Result], path: Path) -> None:

@@ -254,6 +254,12 @@ def main(benchmarks: Sequence[Benchmark], argv: Sequence[str] | None = None, *, 
     return everything
 
 
+def subset_option(group, flag: str, known: Sequence[str], default: str) -> None:
+    """A benchmark's ``flag``: a comma-separated subset of ``known`` (None when not given: ``default``)."""
+    group.add_argument(flag, type=comma_names(known), default=None,
+                       help=f"comma-separated subset of {', '.join(known)} (default: {default})")
+
+
 def comma_names(known: Sequence[str]):
     """argparse ``type``: a comma-separated subset of ``known`` -> tuple (a benchmark's own flags)."""
     def parse(value: str) -> tuple[str, ...]:

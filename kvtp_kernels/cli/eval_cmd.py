@@ -28,25 +28,30 @@ from ._checks import (
     same_file,
 )
 
+HELP = "multiple-choice video QA accuracy, tokens, FLOPs and latency with and without KVTP"
+
+DESCRIPTION = """\
+Run a video VLM (LLaVA-Video / LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-NeXT-Video; the class
+chosen by the checkpoint's config) on multiple-choice video questions with and without KVTP, write one JSONL
+record per sample (a rerun resumes), and print accuracy, vision tokens, LLM prefill FLOPs and latency per
+subset, side by side.
+"""
+
+EPILOG = """\
+Data file (.jsonl, .json list or .csv), one sample per row: video (path, relative to the data file), question,
+options (JSON list; CSV: JSON list, 'a|b|c' or columns A, B, C, ...), answer (letter, option text, or 0-based
+index), optional id, subset, query (the predictor's query). Example: {"id": "q1", "video": "v/a.mp4",
+"question": "What does the man hold?", "options": ["a cup", "a phone"], "answer": "B", "subset": "videomme"}.
+Scoring: the option whose letter token has the highest logit at the answer position (one forward pass; no text
+to parse). Exit status: 0 done, 1 done with skipped samples (listed at the end), 2 usage error.
+"""
+
 
 # ----------------------------------------------------------------------------------
 # Parser
 # ----------------------------------------------------------------------------------
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "eval", help="multiple-choice video QA accuracy, tokens, FLOPs and latency with and without KVTP",
-        description="Run a video VLM (LLaVA-Video / LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, "
-                    "LLaVA-NeXT-Video; the class chosen by the checkpoint's config) on multiple-choice video "
-                    "questions with and without KVTP, write one JSONL record per sample (a rerun resumes), and "
-                    "print accuracy, vision tokens, LLM prefill FLOPs and latency per subset, side by side.",
-        epilog="Data file (.jsonl, .json list or .csv), one sample per row: video (path, relative to the data file), "
-               "question, options (JSON list; CSV: JSON list, 'a|b|c' or columns A, B, C, ...), answer (letter, "
-               "option text, or 0-based index), optional id, subset, query (the predictor's query). Example: "
-               '{"id": "q1", "video": "v/a.mp4", "question": "What does the man hold?", "options": ["a cup", '
-               '"a phone"], "answer": "B", "subset": "videomme"}. Scoring: the option whose letter token has the '
-               "highest logit at the answer position (one forward pass; no text to parse). Exit status: 0 done, "
-               "1 done with skipped samples (listed at the end), 2 usage error.",
-        formatter_class=HelpFormatter)
+    p = sub.add_parser("eval", help=HELP, description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
     p.add_argument("--data", required=True, help="the samples: .jsonl, .json (a list of objects) or .csv")
     p.add_argument("--model", required=True,
                    help="checkpoint of a supported family, chosen by its config's model_type: hub name (e.g. "
