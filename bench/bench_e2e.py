@@ -214,13 +214,11 @@ _MODELS: dict[tuple[str, torch.dtype], TinyModel] = {}
 
 
 def tiny_config() -> Any:
-    import transformers
+    """kvtp_kernels.tiny_models' LlavaOnevision with the larger text and vision above."""
+    from kvtp_kernels.tiny_models import tiny_llava_config
 
-    text = transformers.Qwen2Config(**TINY_TEXT)
-    vision = transformers.SiglipVisionConfig(**TINY_VISION)
-    return transformers.LlavaOnevisionConfig(
-        text_config=text.to_dict(), vision_config=vision.to_dict(), image_token_id=IMAGE_TOKEN,
-        video_token_id=VIDEO_TOKEN, vision_feature_layer=-1, vision_feature_select_strategy="full")
+    return tiny_llava_config(text=TINY_TEXT, vision=TINY_VISION, image_token_id=IMAGE_TOKEN,
+                             video_token_id=VIDEO_TOKEN)
 
 
 def tiny_model(device: torch.device, dtype: torch.dtype = torch.float32) -> TinyModel:

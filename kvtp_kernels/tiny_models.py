@@ -62,16 +62,21 @@ def llm_tokenizer(chat_template: str | None = None, words=LLM_WORDS):
     return tokenizer
 
 
-def tiny_llava_config(max_position_embeddings: int = 2048, image_grid_pinpoints=None):
-    text = transformers.Qwen2Config(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=max_position_embeddings, pad_token_id=PAD, eos_token_id=EOS,
-        bos_token_id=BOS)
-    vision = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                             num_attention_heads=4, image_size=SIZE, patch_size=PATCH)
+def tiny_llava_config(max_position_embeddings: int = 2048, image_grid_pinpoints=None, *, text=None, vision=None,
+                      image_token_id: int = IMAGE, video_token_id: int = VIDEO):
+    """The LlavaOnevision config; `text` / `vision`: Qwen2Config / SiglipVisionConfig fields that replace the tiny
+    ones (bench/bench_e2e.py's larger model)."""
+    text = transformers.Qwen2Config(**{
+        "vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": max_position_embeddings,
+        "pad_token_id": PAD, "eos_token_id": EOS, "bos_token_id": BOS, **(text or {})})
+    vision = transformers.SiglipVisionConfig(**{
+        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "image_size": SIZE, "patch_size": PATCH, **(vision or {})})
     return transformers.LlavaOnevisionConfig(
-        text_config=text.to_dict(), vision_config=vision.to_dict(), image_token_id=IMAGE, video_token_id=VIDEO,
-        vision_feature_layer=-1, vision_feature_select_strategy="full", image_grid_pinpoints=image_grid_pinpoints)
+        text_config=text.to_dict(), vision_config=vision.to_dict(), image_token_id=image_token_id,
+        video_token_id=video_token_id, vision_feature_layer=-1, vision_feature_select_strategy="full",
+        image_grid_pinpoints=image_grid_pinpoints)
 
 
 def tiny_llava_model(seed: int = 0, **config):
