@@ -14,7 +14,7 @@ a bytes-moved function. :func:`run_benchmark` does the same thing for every benc
 4. time it: CPU = ``time.perf_counter`` around each call after a warm-up, GPU =
    ``triton.testing.do_bench`` (it zeroes a 256 MB buffer between runs, so every run
    starts from a cold L2), median and p10/p90 of all runs;
-5. record a :class:`Result` (a CSV row, see :data:`CSV_COLUMNS`).
+5. record a :class:`Result` (a CSV row, see :data:`bench.report.CSV_COLUMNS`).
 
 Effective bandwidth: ``gbps = bytes_moved(point) / median`` with the bytes of the
 *minimal* algorithm at that point (defined by each benchmark, the same for every
