@@ -67,22 +67,10 @@ import kvtp_kernels
 from kvtp_kernels.integrations import _compat
 from kvtp_kernels.integrations.flops import decoder_shape, kvtp_prefill_flops, prefill_flops, vision_tower_flops
 
-from .harness import (
-    Benchmark,
-    Case,
-    Environment,
-    MismatchError,
-    Point,
-    Provider,
-    Result,
-    RunConfig,
-    dtype_name,
-    environment_line,
-    format_table,
-    main,
-    ms,
-    register,
-)
+from .core import Case, MismatchError, Point, Provider, Result, RunConfig, dtype_name, register_module
+from .harness import main
+from .measure import Environment
+from .report import format_table, ms, noise_note
 
 #: The quick point: one video of 16 frames x 7 x 7 pooled tokens, a 64-token prompt, the paper's beta.
 HEADLINE = {"B": 1, "T": 16, "N": 49, "P": 64, "beta": 0.2}
@@ -226,13 +214,11 @@ _MODELS: dict[tuple[str, torch.dtype], TinyModel] = {}
 
 
 def tiny_config() -> Any:
-    import transformers
+    """kvtp_kernels.tiny_models' LlavaOnevision with the larger text and vision above."""
+    from kvtp_kernels.tiny_models import tiny_llava_config
 
-    text = transformers.Qwen2Config(**TINY_TEXT)
-    vision = transformers.SiglipVisionConfig(**TINY_VISION)
-    return transformers.LlavaOnevisionConfig(
-        text_config=text.to_dict(), vision_config=vision.to_dict(), image_token_id=IMAGE_TOKEN,
-        video_token_id=VIDEO_TOKEN, vision_feature_layer=-1, vision_feature_select_strategy="full")
+    return tiny_llava_config(text=TINY_TEXT, vision=TINY_VISION, image_token_id=IMAGE_TOKEN,
+                             video_token_id=VIDEO_TOKEN)
 
 
 def tiny_model(device: torch.device, dtype: torch.dtype = torch.float32) -> TinyModel:
@@ -518,21 +504,15 @@ def report(results: list[Result], config: RunConfig, env: Environment) -> str:
         parts.append(summary)
     if problem is None:
         parts.append(flops_table())
-    parts.append(f"({environment_line(env)}; timings from a shared machine are noise)")
+    parts.append(noise_note(env))
     return "\n\n".join(parts)
 
 
-BENCHMARK = register(Benchmark(
-    name="e2e",
+BENCHMARK = register_module(
+    globals(), name="e2e",
     description="prefill of a tiny random LlavaOnevision with and without KVTP; LLaVA-Video-7B / 72B FLOPs",
-    providers=PROVIDERS,
-    points=points,
-    make_case=make_case,
-    check=check,
-    report=report,
-    metrics=metrics,
     sync_check=False,  # HF's forward syncs by itself (mask checks, placeholder counts), with or without KVTP
-))
+)
 
 
 if __name__ == "__main__":

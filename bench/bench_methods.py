@@ -22,13 +22,14 @@ ours            all       ours        ``kvtp_kernels.prune(..., method=...)`` on
 ``random`` and ``topk`` run ``ours`` only, for context. Every baseline computes what
 ``prune`` computes: KVTP's exact-mode counts, kept rows in (video, frame, raster) order,
 PruMerge's unnormalised fold (``merge="paper"``, ``x_i + sum_j a_j x_j``), ToMe's
-size-weighted means; see the docstrings of :func:`prumerge_authors_loop` and
-:func:`tome_loop` for what had to change in the authors' code to make the outputs equal.
+size-weighted means; the baselines are in method_baselines.py, and the docstrings of
+:func:`prumerge_authors_loop` and :func:`tome_loop` there say what had to change in the
+authors' code to make the outputs equal.
 
 Correctness, before anything is timed: ``indices`` and ``frame_counts`` (and, for ours,
 ``cu_seqlens`` / ``frame_cu_seqlens``) equal to the reference's; merged rows (new values,
 computed in float64 and rounded once) within the per-dtype tolerance of
-``tests/test_methods.py``, copied rows (topk, random) bit-equal. Oracles:
+``tests/helpers.py``, copied rows (topk, random) bit-equal. Oracles:
 
 - prumerge: ``reference.prumerge_ref`` (what ``prune(..., backend="reference")`` runs)
   with its neighbour selection verbatim and its fold as one float64 GEMM per frame
@@ -70,40 +71,26 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 import kvtp_kernels
 from kvtp_kernels import ops
 from kvtp_kernels import reference as ref
 
-from .harness import (
-    Benchmark,
-    Case,
-    Environment,
-    MismatchError,
-    Point,
-    Provider,
-    Result,
-    RunConfig,
-    dtype_name,
-    environment_line,
-    format_table,
-    main,
-    ms,
-    register,
-    results_table,
-)
+from .core import Case, MismatchError, Point, Provider, Result, RunConfig, dtype_name, register_module
+from .harness import comma_names, main, subset_option
+from .measure import Environment
+from .method_baselines import NUM_NEIGHBORS, TEMPERATURE, MethodOutput, prumerge_authors_loop, prumerge_torch, tome_loop
+from .report import format_table, join_report, ms, provider_table
 
 #: The headline (METHOD.md section 5): one LLaVA-Video-7B video at the paper's beta.
 HEADLINE = {"B": 1, "T": 64, "N": 196, "D": 3584, "beta": 0.2}
-METHODS = ("prumerge", "tome", "random", "topk")
+#: kvtp_kernels.options.METHODS in the order of the sweep and the report.
+SWEPT_METHODS = ("prumerge", "tome", "random", "topk")
 MERGING = ("prumerge", "tome")
 #: Merge keys: random keys of SigLIP's width (what the authors use: the keys of SigLIP's
 #: attention-pooling head) or the tokens themselves (``merge_keys=None``).
 KEY_MODES = ("siglip", "tokens")
 SIGLIP_DK = 1152
-NUM_NEIGHBORS = 32  # the authors' topk(32)
-TEMPERATURE = 2.0
 RANDOM_SEED = 1234
 DTYPES = (torch.bfloat16, torch.float32)
 #: The full sweep: every method at these sizes, both dtypes, both key modes for merging methods.
@@ -117,17 +104,9 @@ ORACLE_SPOT_ROWS = 32
 TOME_REF_ALL = 4096
 TOME_REF_FRAMES = 4
 
-#: Same as tests/test_methods.py: merged rows are float64 math rounded once, so backends
+#: Same as tests/helpers.py: merged rows are float64 math rounded once, so backends
 #: may differ by one rounding of the output dtype.
 TOLERANCES = {torch.float32: (1e-5, 1e-5), torch.float16: (1e-3, 1e-3), torch.bfloat16: (1e-2, 8e-3)}
-
-
-class MethodOutput(NamedTuple):
-    """The fields every provider returns (the first three of ``PrunedTokens``)."""
-
-    tokens: torch.Tensor
-    indices: torch.Tensor
-    frame_counts: torch.Tensor
 
 
 class Expected(NamedTuple):
@@ -160,7 +139,7 @@ def is_headline(point: Point) -> bool:
 # ----------------------------------------------------------------------------------
 def points(config: RunConfig) -> list[Point]:
     dtypes = config.dtypes or (DTYPES if config.full else (torch.bfloat16,))
-    methods = config.options.get("methods") or METHODS
+    methods = config.options.get("methods") or SWEPT_METHODS
     keys = config.options.get("keys") or (KEY_MODES if config.full else KEY_MODES[:1])
     out = []
     for dtype in dtypes:
@@ -178,15 +157,16 @@ def points(config: RunConfig) -> list[Point]:
     return out
 
 
-def _names(known: Sequence[str]):
-    """argparse ``type``: a comma-separated subset of ``known`` -> tuple."""
-    def parse(value: str) -> tuple[str, ...]:
-        names = tuple(v.strip() for v in value.split(",") if v.strip())
-        bad = [n for n in names if n not in known]
-        if bad or not names:
-            raise argparse.ArgumentTypeError(f"unknown {bad or value!r}; choose from {', '.join(known)}")
-        return names
-    return parse
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("methods")
+    subset_option(group, "--methods", SWEPT_METHODS, "all")
+    group.add_argument("--keys", type=comma_names(KEY_MODES), default=None,
+                       help=f"merge keys for prumerge/tome: comma-separated subset of {', '.join(KEY_MODES)} "
+                            "(siglip: random Dk=1152 keys; tokens: the tokens themselves). Default: siglip for "
+                            "--quick, both for --full")
+    group.add_argument("--tome-headline", action="store_true",
+                       help="quick CPU runs: time ToMe at the headline (T=64; ~0.35 s per call of ours, ~0.5 s of the "
+                            "loop on 2 cores) instead of T=4")
 
 
 # ----------------------------------------------------------------------------------
@@ -383,165 +363,6 @@ def bytes_moved(point: Point) -> int:
 
 
 # ----------------------------------------------------------------------------------
-# Baselines (written here from the authors' description of their loops, not copied)
-# ----------------------------------------------------------------------------------
-def _counts(scores: torch.Tensor, budget: float | int, N: int, temperature: float) -> torch.Tensor:
-    return kvtp_kernels.keep_counts(scores, budget, N, temperature=temperature, backend="reference")
-
-
-def prumerge_authors_loop(tokens: torch.Tensor, scores: torch.Tensor, budget: float | int, token_scores: torch.Tensor,
-                          merge_keys: torch.Tensor | None, num_neighbors: int = NUM_NEIGHBORS,
-                          temperature: float = TEMPERATURE) -> MethodOutput:
-    """PruMerge as the KVTP authors run it (``llava_arch.py``, ``prumerge``), per kept token.
-
-    For every frame: its count moved to a Python int (a host sync, their ``int(N * rate)``),
-    ``topk`` of the attention, gathers of the kept and the other tokens, weights and
-    normalised keys; then for every kept token i: ``torch.cat`` of the kept tokens before
-    and after i with the non-kept ones (tokens, weights and keys), the cosines of i's
-    key with them (``mm``), ``topk(32)``, and ``x_i + sum_j a_j x_j`` over those 32.
-
-    Changes that make the output equal to ``prune(..., method="prumerge", merge="paper")``:
-
-    - counts: KVTP's exact-mode counts (``keep_counts``, reference), not ``floor(N * rate)``;
-    - the kept tokens are visited and emitted in raster order (their topk emits score order);
-    - keys are normalised and cosines computed in float64, the 32 neighbours' weighted sum
-      accumulated in float64 and rounded once (they do all of it in the model dtype, whose
-      rounding picks a different 32nd neighbour on near-ties and adds roundings);
-    - ``num_neighbors`` instead of the literal 32 (the same at N = 169 or 196).
-
-    Ties: ``torch.topk`` does not promise which of two equal values it returns; benchmark
-    data has none (softmax of random logits, float64 cosines of random keys).
-    """
-    B, T, N, D = tokens.shape
-    keys = tokens if merge_keys is None else merge_keys
-    counts = _counts(scores, budget, N, temperature)
-    rows, kept = [], []
-    for b in range(B):
-        for t in range(T):
-            k = int(counts[b, t])  # host sync per frame
-            if k == 0:
-                continue
-            frame, attn = tokens[b, t], token_scores[b, t]
-            _, idx = torch.topk(attn, k)
-            idx = idx.sort().values
-            others = torch.ones(N, dtype=torch.bool, device=tokens.device)
-            others[idx] = False
-            compl = others.nonzero().squeeze(-1)
-            key_norm = F.normalize(keys[b, t].double(), dim=-1)
-            x_kept, a_kept, k_kept = frame[idx], attn[idx], key_norm[idx]
-            x_rest, a_rest, k_rest = frame[compl], attn[compl], key_norm[compl]
-            merged = torch.empty_like(x_kept)
-            for i in range(k):
-                rest_x = torch.cat([x_kept[:i], x_kept[i + 1:], x_rest])
-                rest_a = torch.cat([a_kept[:i], a_kept[i + 1:], a_rest])
-                rest_k = torch.cat([k_kept[:i], k_kept[i + 1:], k_rest])
-                cos = torch.mm(k_kept[i:i + 1], rest_k.t())
-                _, nearest = torch.topk(cos, num_neighbors, dim=1)
-                nearest = nearest[0]
-                cluster = rest_x[nearest].double() * rest_a[nearest].double()[:, None]
-                merged[i] = (cluster.sum(dim=0) + x_kept[i].double()).to(tokens.dtype)
-            rows.append(merged)
-            kept.append(idx + (b * T + t) * N)
-    return MethodOutput(torch.cat(rows), torch.cat(kept), counts)
-
-
-def prumerge_torch(tokens: torch.Tensor, scores: torch.Tensor, budget_tokens: int, token_scores: torch.Tensor,
-                   merge_keys: torch.Tensor | None, num_neighbors: int = NUM_NEIGHBORS,
-                   temperature: float = TEMPERATURE) -> MethodOutput:
-    """Vectorised PruMerge in PyTorch (no Python loop; one host sync for the widest frame).
-
-    1. exact-mode counts and the kept rows like ``baselines.prune_torch`` (stable sort,
-       scatter of the kept mask, ``nonzero_static``);
-    2. cosines of the kept keys only against their frame: the kept keys of each frame are
-       scattered into a [B*T, k_max, Dk] float64 block (k_max = the widest frame's count,
-       read with one sync) and multiplied with the frame's normalised keys in one ``bmm``
-       ([B*T, k_max, N]; a full Gram would cost N / k_max times more);
-    3. the token itself masked with -inf, ``topk(num_neighbors)``;
-    4. ``x_i + sum_j a_j x_j`` as one ``F.embedding_bag(mode="sum", per_sample_weights=a)``
-       over the flat token rows (no [R, 32, D] gather is materialised), the weights in the
-       tokens' dtype, ``x_i`` added in float32 and rounded once.
-    """
-    B, T, N, D = tokens.shape
-    dev, Fr = tokens.device, B * T
-    counts = ref.exact_counts_ref(ref.frame_probs_ref(scores, temperature), budget_tokens, N, 0)
-    order = torch.sort(token_scores, dim=-1, descending=True, stable=True).indices
-    in_top = torch.arange(N, device=dev) < counts.unsqueeze(-1)
-    keep = torch.empty_like(in_top).scatter_(-1, order, in_top)
-    indices = torch.nonzero_static(keep.reshape(-1), size=B * budget_tokens).squeeze(-1)
-    keys = tokens if merge_keys is None else merge_keys
-    key_norm = F.normalize(keys.reshape(Fr, N, -1).double(), dim=-1)
-    frame, token = indices // N, indices % N
-    frame_start = torch.cat([counts.new_zeros(1), counts.reshape(-1).cumsum(0)[:-1]]).long()
-    slot = torch.arange(indices.shape[0], device=dev) - frame_start[frame]
-    k_max = int(counts.max())  # host sync
-    kept_keys = key_norm.new_zeros((Fr, k_max, key_norm.shape[-1]))
-    kept_keys[frame, slot] = key_norm[frame, token]
-    cos = torch.bmm(kept_keys, key_norm.transpose(1, 2))[frame, slot]  # [R, N]
-    cos.scatter_(1, token[:, None], float("-inf"))
-    neighbors = cos.topk(num_neighbors, dim=1).indices + (frame * N)[:, None]  # flat rows [R, M]
-    flat = tokens.reshape(Fr * N, D)
-    weights = token_scores.reshape(-1)[neighbors].to(tokens.dtype)
-    folded = F.embedding_bag(neighbors, flat, per_sample_weights=weights, mode="sum")
-    merged = (flat.index_select(0, indices).float() + folded.float()).to(tokens.dtype)
-    return MethodOutput(merged, indices, counts)
-
-
-def tome_loop(tokens: torch.Tensor, scores: torch.Tensor, budget: float | int, merge_keys: torch.Tensor | None,
-              temperature: float = TEMPERATURE) -> MethodOutput:
-    """ToMe frame by frame, round by round, one merge per destination (the authors' structure).
-
-    The authors' ``tome``: per frame, while tokens must go, split them into two sets by
-    position parity, cosines between the sets, each token's best partner (``max``),
-    ``topk`` of the best similarities, then a Python loop over the destinations merging
-    each one's sources (``torch.cat``-style gathers and a mean), and the survivors kept.
-
-    Changes that make the output equal to ``prune(..., method="tome")`` (METHOD.md
-    section 3, ``reference.tome_ref``): KVTP's exact-mode counts; A = even positions of
-    the survivors in raster order merges into B = odd positions (they merge the odd set
-    into the even one and reorder the frame as [even | odd]); r = min(n - k, |A|) per
-    round; size-weighted means of tokens and keys with sizes that add (they average
-    without sizes and rescale to the largest norm); float64 math rounded once; survivors
-    in raster order, each represented by its own position.
-    """
-    B, T, N, D = tokens.shape
-    keys = tokens if merge_keys is None else merge_keys
-    counts = _counts(scores, budget, N, temperature)
-    rows, reps = [], []
-    for b in range(B):
-        for t in range(T):
-            k = int(counts[b, t])  # host sync per frame
-            if k == 0:
-                continue
-            x, kk = tokens[b, t].double(), keys[b, t].double()
-            size = torch.ones(N, dtype=torch.float64, device=tokens.device)
-            position = torch.arange(N, device=tokens.device)
-            while x.shape[0] > k:
-                n = x.shape[0]
-                unit = F.normalize(kk, dim=-1)
-                similarity = torch.mm(unit[0::2], unit[1::2].t())  # [|A|, |B|]
-                best, partner = similarity.max(dim=1)  # the first maximum: ties to the lower b
-                r = min(n - k, best.shape[0])
-                _, chosen = torch.topk(best, r)
-                chosen, partners = chosen.tolist(), partner[chosen].tolist()  # host sync per round
-                sources: dict[int, list[int]] = {}
-                for a, dest in zip(chosen, partners):
-                    sources.setdefault(dest, []).append(a)
-                for dest, group in sources.items():
-                    members = [2 * dest + 1] + [2 * a for a in group]
-                    s = size[members]
-                    total = s.sum()
-                    x[2 * dest + 1] = (s[:, None] * x[members]).sum(dim=0) / total
-                    kk[2 * dest + 1] = (s[:, None] * kk[members]).sum(dim=0) / total
-                    size[2 * dest + 1] = total
-                alive = torch.ones(n, dtype=torch.bool, device=tokens.device)
-                alive[[2 * a for a in chosen]] = False
-                x, kk, size, position = x[alive], kk[alive], size[alive], position[alive]
-            rows.append(x.to(tokens.dtype))
-            reps.append(position + (b * T + t) * N)
-    return MethodOutput(torch.cat(rows), torch.cat(reps), counts)
-
-
-# ----------------------------------------------------------------------------------
 # Providers
 # ----------------------------------------------------------------------------------
 def _only(*methods: str):
@@ -624,28 +445,12 @@ def headline_tables(results: Sequence[Result]) -> list[str]:
     cuda = any(r.sync_free is not None for r in results)
     parts = []
     for rows in rows_by_group.values():
-        ours = next((r for r in rows if r.role == "ours"), None)
-        table = []
-        for r in rows:
-            t = r.timing
-            ratio = (t.median_ms / ours.timing.median_ms if t is not None and ours is not None
-                     and ours.timing is not None else None)
-            cells = [r.provider, r.role, ms(t and t.median_ms), "-" if t is None else f"{ms(t.p10_ms)}-{ms(t.p90_ms)}",
-                     "-" if r.gbps is None else f"{r.gbps:.2f}", "-" if ratio is None else f"{ratio:.2f}x",
-                     "-" if r.setup_s is None else f"{r.setup_s:.2f}"]
-            if cuda:
-                cells.append("-" if r.sync_free is None else "yes" if r.sync_free else "NO")
-            cells.append(r.status)
-            table.append(cells)
-        headers = ["provider", "role", "median ms", "p10-p90 ms", "GB/s", "t / t_ours", "setup s"]
-        headers += ["sync-free"] if cuda else []
-        headers.append("status")
         point = rows[0].point
         keys = f", keys {point['keys']}" if point.get("keys") else ""
         note = "" if is_headline(point) else " (reduced quick point; the headline runs with --full or --tome-headline)"
         title = (f"### {point['method']}: {dtype_name(point.dtype)}{keys}, {point.shape_str} beta={point['beta']} "
                  f"(K={kept_per_video(point)} per video, {rows[0].bytes_moved / 1e6:.1f} MB moved){note}")
-        parts.append(title + "\n\n" + format_table(headers, table))
+        parts.append(title + "\n\n" + provider_table(rows, cuda=cuda, gbps_digits=2))
     return parts
 
 
@@ -678,18 +483,8 @@ def speedup_table(results: Sequence[Result]) -> str | None:
 
 
 def report(results: list[Result], config: RunConfig, env: Environment) -> str:
-    parts = headline_tables(results)
-    speedups = speedup_table(results)
-    if speedups:
-        parts.append(speedups)
-    applicable = _applicable(results)
-    n_points = len({r.point for r in applicable})
-    if n_points <= 64:
-        parts.append(f"### all points (median ms)\n\n{results_table(applicable)}")
-    else:
-        parts.append(f"({n_points} points: every row is in the CSV, --csv PATH or --save)")
-    parts.append(f"({environment_line(env)}; timings from a shared machine are noise)")
-    return "\n\n".join(parts)
+    parts = [*headline_tables(results), speedup_table(results)]
+    return join_report(parts, _applicable(results), env, max_points=64)
 
 
 def plot(results: list[Result], path: Path) -> None:
@@ -732,31 +527,9 @@ def plot(results: list[Result], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("methods")
-    group.add_argument("--methods", type=_names(METHODS), default=None,
-                       help=f"comma-separated subset of {', '.join(METHODS)} (default: all)")
-    group.add_argument("--keys", type=_names(KEY_MODES), default=None,
-                       help=f"merge keys for prumerge/tome: comma-separated subset of {', '.join(KEY_MODES)} "
-                            "(siglip: random Dk=1152 keys; tokens: the tokens themselves). Default: siglip for "
-                            "--quick, both for --full")
-    group.add_argument("--tome-headline", action="store_true",
-                       help="quick CPU runs: time ToMe at the headline (T=64; ~0.35 s per call of ours, ~0.5 s of the "
-                            "loop on 2 cores) instead of T=4")
-
-
-BENCHMARK = register(Benchmark(
-    name="methods",
-    description="within-frame methods under KVTP's counts: ours vs the authors' per-token loops",
-    providers=PROVIDERS,
-    points=points,
-    make_case=make_case,
-    check=check,
-    bytes_moved=bytes_moved,
-    report=report,
-    plot=plot,
-    add_arguments=add_arguments,
-))
+BENCHMARK = register_module(
+    globals(), name="methods",
+    description="within-frame methods under KVTP's counts: ours vs the authors' per-token loops")
 
 
 if __name__ == "__main__":

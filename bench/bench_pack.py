@@ -58,31 +58,18 @@ import kvtp_kernels
 from kvtp_kernels import ops
 from kvtp_kernels import reference as ref
 from kvtp_kernels.api import PrunedTokens
+from kvtp_kernels.options import OUTPUTS
 
-from .harness import (
-    Benchmark,
-    Case,
-    Environment,
-    MismatchError,
-    Point,
-    Provider,
-    Result,
-    RunConfig,
-    dtype_name,
-    environment_line,
-    format_table,
-    main,
-    ms,
-    plot_lines,
-    register,
-    results_table,
-)
+from .core import Case, MismatchError, Point, Provider, Result, RunConfig, dtype_name, register_module
+from .harness import main, subset_option
+from .measure import Environment
+from .report import format_table, join_report, ms, plot_lines, provider_table, speedup
 
 #: The headline: a batch of 8 LLaVA-Video-7B prompts, each with one pruned video.
 HEADLINE = {"B": 8, "T": 64, "N": 196, "D": 3584, "beta": 0.2}
 HEADLINE_PARAMS = {"layout": "grid", "output": "varlen"}
-LAYOUTS = ("grid", "video")
-OUTPUTS = ("varlen", "padded")
+#: The layouts swept: two of kvtp_kernels.options.LAYOUTS (every output of OUTPUTS is swept).
+SWEPT_LAYOUTS = ("grid", "video")
 DTYPES = (torch.bfloat16, torch.float32)
 SWEEP = {"B": (1, 4, 8), "N": (169, 196)}
 #: Quick run: the headline only (layout, output, B); the other layouts, outputs and B under --full.
@@ -120,7 +107,7 @@ def is_headline(point: Point) -> bool:
 # ----------------------------------------------------------------------------------
 def points(config: RunConfig) -> list[Point]:
     dtypes = config.dtypes or (DTYPES if config.full else (torch.bfloat16,))
-    layouts = config.options.get("layouts") or LAYOUTS
+    layouts = config.options.get("layouts") or SWEPT_LAYOUTS
     outputs = config.options.get("outputs") or OUTPUTS
     out = []
     for dtype in dtypes:
@@ -131,6 +118,12 @@ def points(config: RunConfig) -> list[Point]:
             out += [make_point(dtype, layout, output, B=B) for layout, output, B in QUICK
                     if layout in layouts and output in outputs]
     return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("pack")
+    subset_option(group, "--layouts", SWEPT_LAYOUTS, "both")
+    subset_option(group, "--outputs", OUTPUTS, "both")
 
 
 # ----------------------------------------------------------------------------------
@@ -364,35 +357,14 @@ PROVIDERS = [
 # ----------------------------------------------------------------------------------
 # Report, plot, flags
 # ----------------------------------------------------------------------------------
-def _speedup(r: Result, ours: Result | None) -> float | None:
-    if r.timing is None or ours is None or ours.timing is None:
-        return None
-    return r.timing.median_ms / ours.timing.median_ms
-
-
 def point_table(rows: Sequence[Result]) -> str:
-    ours = next((r for r in rows if r.role == "ours"), None)
     cuda = any(r.sync_free is not None for r in rows)
-    table = []
-    for r in rows:
-        t = r.timing
-        ratio = _speedup(r, ours)
-        cells = [r.provider, r.role, ms(t and t.median_ms), "-" if t is None else f"{ms(t.p10_ms)}-{ms(t.p90_ms)}",
-                 "-" if r.gbps is None else f"{r.gbps:.1f}", "-" if ratio is None else f"{ratio:.2f}x",
-                 "-" if r.setup_s is None else f"{r.setup_s:.2f}"]
-        if cuda:
-            cells.append("-" if r.sync_free is None else "yes" if r.sync_free else "NO")
-        cells.append(r.status)
-        table.append(cells)
-    headers = ["provider", "role", "median ms", "p10-p90 ms", "GB/s", "t / t_ours", "setup s"]
-    headers += ["sync-free"] if cuda else []
-    headers.append("status")
     p = rows[0].point
     rows_out, rows_read = _OUTPUT_ROWS.get(p, (None, None))
     size = "" if rows_out is None else f", {rows_out} rows out ({rows_read} filled)"
     title = (f"### {'headline' if is_headline(p) else 'point'}: {dtype_name(p.dtype)}, layout {p['layout']}, "
              f"{p['output']}, {p.shape_str} beta={p['beta']}{size}, {rows[0].bytes_moved / 1e6:.1f} MB moved")
-    return title + "\n\n" + format_table(headers, table)
+    return title + "\n\n" + provider_table(rows, cuda=cuda)
 
 
 def speedup_table(results: Sequence[Result]) -> str | None:
@@ -406,7 +378,7 @@ def speedup_table(results: Sequence[Result]) -> str | None:
             r = at.get(name)
             if r is None:
                 continue
-            ratio = _speedup(r, ours)
+            ratio = speedup(r, ours)
             rows.append([dtype_name(point.dtype), point["layout"], point["output"], str(point["B"]), str(point["N"]),
                          name, ms(r.timing and r.timing.median_ms), ms(ours and ours.timing and ours.timing.median_ms),
                          "-" if ratio is None else f"{ratio:.2f}x"])
@@ -422,15 +394,7 @@ def report(results: list[Result], config: RunConfig, env: Environment) -> str:
         by_point.setdefault(r.point, []).append(r)
     shown = [p for p in by_point if p["B"] == HEADLINE["B"] and p["N"] == HEADLINE["N"]]
     parts = [point_table(by_point[p]) for p in sorted(shown, key=lambda p: not is_headline(p))[:8]]
-    speedups = speedup_table(results)
-    if speedups:
-        parts.append(speedups)
-    if len(by_point) <= 48:
-        parts.append(f"### all points (median ms)\n\n{results_table(results)}")
-    else:
-        parts.append(f"({len(by_point)} points: every row is in the CSV, --csv PATH or --save)")
-    parts.append(f"({environment_line(env)}; timings from a shared machine are noise)")
-    return "\n\n".join(parts)
+    return join_report([*parts, speedup_table(results)], results, env, max_points=48)
 
 
 def plot(results: list[Result], path: Path) -> None:
@@ -447,36 +411,9 @@ def plot(results: list[Result], path: Path) -> None:
                      f"beta={HEADLINE['beta']}")
 
 
-def _names(known: Sequence[str]):
-    def parse(value: str) -> tuple[str, ...]:
-        names = tuple(v.strip() for v in value.split(",") if v.strip())
-        bad = [n for n in names if n not in known]
-        if bad or not names:
-            raise argparse.ArgumentTypeError(f"unknown {bad or value!r}; choose from {', '.join(known)}")
-        return names
-    return parse
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("pack")
-    group.add_argument("--layouts", type=_names(LAYOUTS), default=None,
-                       help=f"comma-separated subset of {', '.join(LAYOUTS)} (default: both)")
-    group.add_argument("--outputs", type=_names(OUTPUTS), default=None,
-                       help=f"comma-separated subset of {', '.join(OUTPUTS)} (default: both)")
-
-
-BENCHMARK = register(Benchmark(
-    name="pack",
-    description="kvtp_kernels.pack_multimodal vs the authors' splicing loop and the vectorised reference",
-    providers=PROVIDERS,
-    points=points,
-    make_case=make_case,
-    check=check,
-    bytes_moved=bytes_moved,
-    report=report,
-    plot=plot,
-    add_arguments=add_arguments,
-))
+BENCHMARK = register_module(
+    globals(), name="pack",
+    description="kvtp_kernels.pack_multimodal vs the authors' splicing loop and the vectorised reference")
 
 
 if __name__ == "__main__":

@@ -45,24 +45,10 @@ import kvtp_kernels
 from kvtp_kernels import ops
 
 from . import baselines
-from .harness import (
-    Benchmark,
-    Case,
-    Environment,
-    MismatchError,
-    Point,
-    Provider,
-    Result,
-    RunConfig,
-    dtype_name,
-    environment_line,
-    format_table,
-    main,
-    ms,
-    plot_lines,
-    register,
-    results_table,
-)
+from .core import Case, MismatchError, Point, Provider, Result, RunConfig, dtype_name, register_module
+from .harness import main
+from .measure import Environment
+from .report import format_table, join_report, plot_lines, provider_table
 
 #: The headline row (METHOD.md section 5): one LLaVA-Video-7B video at the paper's beta.
 HEADLINE = {"B": 1, "T": 64, "N": 196, "D": 3584, "beta": 0.2}
@@ -113,6 +99,18 @@ def points(config: RunConfig) -> list[Point]:
             for T in (QUICK_T if mode == "given" and not headline_only else (HEADLINE["T"],)):
                 out.append(make_point(dtype, mode, **{**HEADLINE, "T": T}))
     return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("prune")
+    group.add_argument("--scores", choices=("given", "distinct", "both"), default="both",
+                       help="token-score mode(s): given token_scores (the headline) or the default "
+                            "distinctiveness (reads every token)")
+    group.add_argument("--headline-only", action="store_true",
+                       help="only the headline row (B=1, T=64, N=196, D=3584, beta=0.2) per dtype and mode")
+    group.add_argument("--compile-points", choices=("headline", "all", "none"), default=None,
+                       help="where torch.compile runs (each point compiles once, untimed): default "
+                            "'headline' for --quick, 'all' for --full")
 
 
 # ----------------------------------------------------------------------------------
@@ -284,36 +282,15 @@ PROVIDERS = [
 # ----------------------------------------------------------------------------------
 # Report, plot, flags
 # ----------------------------------------------------------------------------------
-def _speedup(provider: Result, ours: Result) -> float | None:
-    if provider.timing is None or ours.timing is None:
-        return None
-    return provider.timing.median_ms / ours.timing.median_ms
-
-
 def headline_table(results: Sequence[Result], dtype: torch.dtype, mode: str) -> str | None:
     rows = [r for r in results if is_headline(r.point) and r.point.dtype == dtype and r.point["scores"] == mode]
     if not rows:
         return None
-    ours = next((r for r in rows if r.role == "ours"), None)
     cuda = any(r.sync_free is not None for r in rows)
-    table = []
-    for r in rows:
-        t = r.timing
-        ratio = _speedup(r, ours) if ours is not None else None
-        cells = [r.provider, r.role, ms(t and t.median_ms), "-" if t is None else f"{ms(t.p10_ms)}-{ms(t.p90_ms)}",
-                 "-" if r.gbps is None else f"{r.gbps:.1f}", "-" if ratio is None else f"{ratio:.2f}x",
-                 "-" if r.setup_s is None else f"{r.setup_s:.2f}"]
-        if cuda:
-            cells.append("-" if r.sync_free is None else "yes" if r.sync_free else "NO")
-        cells.append(r.status)
-        table.append(cells)
-    headers = ["provider", "role", "median ms", "p10-p90 ms", "GB/s", "t / t_ours", "setup s"]
-    headers += ["sync-free"] if cuda else []
-    headers.append("status")
     point = rows[0].point
     title = (f"### headline: {dtype_name(dtype)}, token scores {mode}, {point.shape_str} beta={point['beta']} "
              f"(K={kept_per_video(point)} per video, {rows[0].bytes_moved / 1e6:.1f} MB moved)")
-    return title + "\n\n" + format_table(headers, table)
+    return title + "\n\n" + provider_table(rows, cuda=cuda)
 
 
 def targets_table(results: Sequence[Result], device_type: str) -> str | None:
@@ -354,16 +331,7 @@ def report(results: list[Result], config: RunConfig, env: Environment) -> str:
             table = headline_table(results, dtype, mode)
             if table:
                 parts.append(table)
-    targets = targets_table(results, config.device.type)
-    if targets:
-        parts.append(targets)
-    n_points = len({r.point for r in results})
-    if n_points <= 48:
-        parts.append(f"### all points (median ms)\n\n{results_table(results)}")
-    else:
-        parts.append(f"({n_points} points: every row is in the CSV, --csv PATH or --save)")
-    parts.append(f"({environment_line(env)}; timings from a shared machine are noise)")
-    return "\n\n".join(parts)
+    return join_report([*parts, targets_table(results, config.device.type)], results, env, max_points=48)
 
 
 def plot(results: list[Result], path: Path) -> None:
@@ -382,30 +350,9 @@ def plot(results: list[Result], path: Path) -> None:
                title=f"kvtp prune, B={HEADLINE['B']} N={HEADLINE['N']} D={HEADLINE['D']} beta={HEADLINE['beta']}")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("prune")
-    group.add_argument("--scores", choices=("given", "distinct", "both"), default="both",
-                       help="token-score mode(s): given token_scores (the headline) or the default "
-                            "distinctiveness (reads every token)")
-    group.add_argument("--headline-only", action="store_true",
-                       help="only the headline row (B=1, T=64, N=196, D=3584, beta=0.2) per dtype and mode")
-    group.add_argument("--compile-points", choices=("headline", "all", "none"), default=None,
-                       help="where torch.compile runs (each point compiles once, untimed): default "
-                            "'headline' for --quick, 'all' for --full")
-
-
-BENCHMARK = register(Benchmark(
-    name="prune",
-    description="kvtp_kernels.prune (exact mode) vs naive PyTorch and the copy roofs",
-    providers=PROVIDERS,
-    points=points,
-    make_case=make_case,
-    check=check,
-    bytes_moved=bytes_moved,
-    report=report,
-    plot=plot,
-    add_arguments=add_arguments,
-))
+BENCHMARK = register_module(
+    globals(), name="prune",
+    description="kvtp_kernels.prune (exact mode) vs naive PyTorch and the copy roofs")
 
 
 if __name__ == "__main__":

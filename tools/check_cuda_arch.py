@@ -1,6 +1,6 @@
 """Check that the built kvtp_kernels._C holds machine code for every architecture it was built for.
 
-``python tools/check_cuda_arch.py [ARCH_LIST]``: ARCH_LIST defaults to
+``python -m tools.check_cuda_arch [ARCH_LIST]`` (from the repository root): ARCH_LIST defaults to
 $TORCH_CUDA_ARCH_LIST, else setup.py's DEFAULT_ARCH_LIST (what a build with no GPU
 visible uses), e.g. "8.0;8.6;8.9;9.0;10.0+PTX". Every "X.Y" needs an sm_XY ELF in the
 shared object (``cuobjdump --list-elf``), and "X.Y+PTX" also compute_XY PTX
@@ -15,7 +15,6 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 
 def default_arch_list() -> str:

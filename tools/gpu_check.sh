@@ -8,15 +8,15 @@
 #
 #   1. build:      MAX_JOBS=16 pip install --no-build-isolation --no-deps -e .
 #   2. near-ties:  the near-tie tests of the Triton kernels on CUDA (interpreter off)
-#   3. memcheck:   compute-sanitizer --tool memcheck  python tools/gpu_driver.py
-#   4. racecheck:  compute-sanitizer --tool racecheck python tools/gpu_driver.py
+#   3. memcheck:   compute-sanitizer --tool memcheck  python -m tools.gpu_driver
+#   4. racecheck:  compute-sanitizer --tool racecheck python -m tools.gpu_driver
 #   5. tests:      the rest of tests/test_prune_triton.py, test_merge_triton.py, and the
 #                  CUDA cases of test_pack.py, on CUDA
 #   6. bench:      kvtp bench on CUDA, bfloat16 (prune: ours eager / CUDA graph /
 #                  torch.compile, naive, torch, torch.compile, index_select and clone roofs,
 #                  given and distinctiveness scores; PruMerge; pack), then the tiny
 #                  end-to-end prefill (float32)
-#   7. summary:    tools/gpu_summary.py: each step, every ratio against its target
+#   7. summary:    python -m tools.gpu_summary: each step, every ratio against its target
 #
 # OUTDIR gets gpu_check.log (everything), steps.tsv, bench.csv, summary.txt.
 # --dry-run does what needs no GPU: checks the commands and the Python packages, collects
@@ -111,7 +111,7 @@ if (( dry )); then
   step build-skipped 5 bash -c "echo 'would run: MAX_JOBS=16 $py -m pip install --no-build-isolation --no-deps -e .'"
   step near-tie-tests-collect 120 env TRITON_INTERPRET=0 "$py" -m pytest -q --collect-only -k "$SELECT_TIES" $TESTS
   step cuda-tests-collect 120 env TRITON_INTERPRET=0 "$py" -m pytest -q --collect-only -k "$SELECT_REST" $TESTS
-  step driver-cpu 300 env TRITON_INTERPRET=1 "$py" tools/gpu_driver.py --device cpu
+  step driver-cpu 300 env TRITON_INTERPRET=1 "$py" -m tools.gpu_driver --device cpu
   step bench-cpu-one-point 300 "$py" "${BENCH_DRY[@]}"
 else
   # Most decisive first: when time runs short, the last steps are the ones skipped.
@@ -121,9 +121,9 @@ else
   # No caching allocator under the sanitizer: every tensor its own allocation, so an access past
   # its end is caught rather than landing in a neighbour inside the same pooled block.
   step memcheck 75 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool memcheck --error-exitcode 1 \
-    "$py" tools/gpu_driver.py
+    "$py" -m tools.gpu_driver
   step racecheck 75 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool racecheck --error-exitcode 1 \
-    "$py" tools/gpu_driver.py
+    "$py" -m tools.gpu_driver
   step cuda-tests 150 env TRITON_INTERPRET=0 "$py" -m pytest -q -rs -k "$SELECT_REST" $TESTS
   # One bench per process: each appends its rows when it ends, so a later timeout keeps them.
   step bench-prune 150 "$py" -m bench.run --device cuda --bench prune --dtype bfloat16 --no-progress \
@@ -132,6 +132,6 @@ else
     --csv "$out/bench.csv"
   step bench-e2e 45 "$py" -m bench.run --device cuda --bench e2e --no-progress --csv "$out/bench.csv"
 fi
-"$py" tools/gpu_summary.py "$out" || failed=1
+"$py" -m tools.gpu_summary "$out" || failed=1
 echo "[gpu_check] done in $(( $(date +%s) - start )) s"
 exit $failed

@@ -1,6 +1,6 @@
 """Run every GPU kernel of kvtp_kernels once at small shapes (for compute-sanitizer).
 
-``python tools/gpu_driver.py [--device cuda|cpu]``: each public call that launches a
+``python -m tools.gpu_driver [--device cuda|cpu]`` (from the repository root): each public call that launches a
 Triton kernel or a CUDA kernel of ``_C`` (prune with given / distinctiveness / fused
 similarity token scores, exact and paper allocation, random, PruMerge, keep_counts,
 pack_multimodal) runs once on odd sizes, and its output is compared with the reference

@@ -1,6 +1,6 @@
 """Final summary of tools/gpu_check.sh: every step's result and every ratio against its target.
 
-``python tools/gpu_summary.py OUTDIR``: reads OUTDIR/steps.tsv (one ``name<TAB>status<TAB>
+``python -m tools.gpu_summary OUTDIR`` (from the repository root): reads OUTDIR/steps.tsv (one ``name<TAB>status<TAB>
 seconds<TAB>detail`` line per step, written by gpu_check.sh) and OUTDIR/bench.csv (the
 bench's rows), prints a table of the steps, then for the prune headline (given token
 scores, per dtype) each target of bench.bench_prune.TARGETS for the device the rows
@@ -14,9 +14,6 @@ from __future__ import annotations
 import csv
 import os
 import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 HEADLINE_SHAPE = "B=1 T=64 N=196 D=3584"
 
