@@ -62,11 +62,11 @@ import torch
 from .. import options
 from .._errors import as_int, fail
 from .._errors import describe as _describe
+from .._numerics import offsets_from_counts
 from ..api import PrunedTokens, prune
 from ..options import ALLOCATIONS, BACKENDS, LAYOUTS, MERGES, METHODS
 from ..pack import PackedInputs, pack_multimodal
 from ..pixels import frames_to_pixels
-from ..reference import offsets_from_counts
 
 __all__ = [
     "LAYOUTS",

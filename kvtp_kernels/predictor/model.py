@@ -65,9 +65,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._errors import describe, fail
+from .._numerics import NORM_EPS
 from ..integrations._compat import require_transformers
 from ..pixels import frames_to_pixels
-from ..reference import NORM_EPS
 
 __all__ = [
     "CONFIG_NAME",
