@@ -14,7 +14,6 @@ import functools
 import math
 import numbers
 import os
-from types import SimpleNamespace
 from typing import NamedTuple
 
 import torch
@@ -178,6 +177,26 @@ def _check_count_bounds(T, N) -> None:
         _fail("num_tokens", f"such that T*N <= 2**53 (exact float64 counts; T = {T})", repr(N))
 
 
+class _PruneCall(NamedTuple):
+    """A checked :func:`prune` call: batched inputs and resolved settings."""
+
+    x: torch.Tensor  # tokens [B, T, N, D]
+    batched: bool
+    frames: dict  # scores, frame_embeds, query_embeds, logit_scale, logit_bias as the ops take them
+    token_scores: torch.Tensor | None
+    merge_keys: torch.Tensor
+    num_neighbors: int | None
+    generator: object
+    K: int
+    ratio: float
+    temperature: float
+    min_tokens: int
+    allocation: str
+    method: str
+    mean: bool
+    backend: str
+
+
 # ----------------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------------
@@ -309,7 +328,7 @@ def prune(
 
 def _check_prune(tokens, scores, budget, token_scores, temperature, allocation, min_tokens_per_frame, frame_embeds,
                  query_embeds, logit_scale, logit_bias, method, merge_keys, merge, num_neighbors, generator,
-                 backend) -> SimpleNamespace:
+                 backend) -> _PruneCall:
     """Checks every argument of :func:`prune`, in the order errors are reported; -> the
     batched inputs and the resolved settings (K, ratio, backend, ...)."""
     if not isinstance(tokens, torch.Tensor):
@@ -349,19 +368,19 @@ def _check_prune(tokens, scores, budget, token_scores, temperature, allocation, 
         _fail("allocation", "'exact' under torch.compile: 'paper' sizes its output from the counts with a "
               "device-to-host sync, which a compiled graph cannot hold (call prune outside the compiled region, "
               "or use allocation='exact', whose output size is static)", repr(allocation))
-    return SimpleNamespace(x=x, batched=batched, frames=dict(scores=s, frame_embeds=fe, query_embeds=qe,
+    return _PruneCall(x=x, batched=batched, frames=dict(scores=s, frame_embeds=fe, query_embeds=qe,
                                                              logit_scale=ls, logit_bias=lb),
                            token_scores=ts, merge_keys=x if keys is None else keys, num_neighbors=n_neighbors,
                            generator=generator, K=K, ratio=ratio, temperature=temperature, min_tokens=m,
                            allocation=allocation, method=method, mean=merge == "mean", backend=backend)
 
 
-def _keep_counts_op(a: SimpleNamespace, paper: bool) -> torch.Tensor:
+def _keep_counts_op(a: _PruneCall, paper: bool) -> torch.Tensor:
     return ops.KEEP_COUNTS(a.backend, **a.frames, num_tokens=a.x.shape[2], budget=a.K, ratio=a.ratio,
                            temperature=a.temperature, min_tokens=a.min_tokens, paper=paper)
 
 
-def _plan_counts(a: SimpleNamespace) -> tuple[torch.Tensor | None, int, int]:
+def _plan_counts(a: _PruneCall) -> tuple[torch.Tensor | None, int, int]:
     """-> (frame counts, or None when the prune op allocates them itself; total rows; max_seqlen).
 
     Exact mode knows its sizes statically (B*K rows, K per video); paper mode computes the
@@ -374,7 +393,7 @@ def _plan_counts(a: SimpleNamespace) -> tuple[torch.Tensor | None, int, int]:
     return counts, sum(per_video), max(per_video)
 
 
-def _run_method(a: SimpleNamespace, counts: torch.Tensor | None, total: int) -> tuple:
+def _run_method(a: _PruneCall, counts: torch.Tensor | None, total: int) -> tuple:
     """The within-frame method's ops -> (packed, indices, frame_counts, cu_seqlens, frame_cu_seqlens)."""
     if a.method == "tome":
         if counts is None:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from types import SimpleNamespace
 from typing import NamedTuple
 
 import torch
@@ -359,11 +358,25 @@ def _unit_stride(rows: torch.Tensor) -> torch.Tensor:
     return rows.contiguous() if rows.shape[-1] > 1 and rows.stride(-1) != 1 else rows
 
 
-def _video_sources(text_embeds, video_mask, video, sample_to_video, layout, tokens_per_frame) -> SimpleNamespace:
+class _VideoSources(NamedTuple):
+    """The plan's video inputs (empty ones for text only), checked."""
+
+    tokens: torch.Tensor
+    indices: torch.Tensor
+    cu: torch.Tensor
+    frame_cu: torch.Tensor
+    num_frames: int
+    video_mask: torch.Tensor
+    mapping: list[int] | None
+    sample_video: torch.Tensor | None
+    flags: torch.Tensor | None  # consistency flags of `video` still to be read with the summary
+
+
+def _video_sources(text_embeds, video_mask, video, sample_to_video, layout, tokens_per_frame) -> _VideoSources:
     """Checks ``video``, ``video_mask`` and ``sample_to_video``; -> the plan's video inputs.
 
-    ``flags``: the consistency flags of ``video`` still to be read with the plan's summary
-    (None when there is no video or they were read here already: on CPU, where that is free).
+    The consistency flags of ``video`` are read here on CPU (free, before the plan);
+    elsewhere they are returned, to be read with the plan's summary.
     """
     B, L, D = text_embeds.shape
     device = text_embeds.device
@@ -372,29 +385,28 @@ def _video_sources(text_embeds, video_mask, video, sample_to_video, layout, toke
             video_mask = torch.zeros((B, L), dtype=torch.bool, device=device)
         mapping = [-1] * B if sample_to_video is None else _check_sample_to_video(sample_to_video, B, 0)
         empty = torch.zeros((1,), dtype=torch.int32, device=device)
-        src = SimpleNamespace(tokens=text_embeds.new_empty((0, D)), cu=empty, frame_cu=empty, num_frames=0,
-                              indices=torch.empty((0,), dtype=torch.int64, device=device))
+        rows = (text_embeds.new_empty((0, D)), torch.empty((0,), dtype=torch.int64, device=device), empty, empty, 0)
     else:
         V, num_frames = _check_video(video, D, text_embeds.dtype, device)
         mapping = _check_sample_to_video(sample_to_video, B, V)
-        src = SimpleNamespace(tokens=video.tokens, indices=video.indices, cu=video.cu_seqlens,
-                              frame_cu=video.frame_cu_seqlens, num_frames=num_frames)
+        rows = (video.tokens, video.indices, video.cu_seqlens, video.frame_cu_seqlens, num_frames)
     _check_mask("video_mask", video_mask, B, L, device)
-    src.video_mask, src.mapping, src.sample_video, src.flags = video_mask, mapping, None, None
+    sample_video = None
     if mapping is not None:
         sample_video = torch.tensor(mapping, dtype=torch.int64)
         if device.type == "cuda":  # from pinned memory the copy is asynchronous: no hidden sync
-            src.sample_video = sample_video.pin_memory().to(device, non_blocking=True)
+            sample_video = sample_video.pin_memory().to(device, non_blocking=True)
         else:
-            src.sample_video = sample_video.to(device)
+            sample_video = sample_video.to(device)
+    flags = None
     if video is not None:
-        src.flags = _video_flags(video, V, num_frames, tokens_per_frame if layout == "grid" else None)
+        flags = _video_flags(video, V, num_frames, tokens_per_frame if layout == "grid" else None)
         if device.type == "cpu" and not torch.compiler.is_compiling():  # free to read: before the plan
-            flags = src.flags.tolist()
-            if not all(flags):
-                _raise_for_video(flags, video)
-            src.flags = None
-    return src
+            read = flags.tolist()
+            if not all(read):
+                _raise_for_video(read, video)
+            flags = None
+    return _VideoSources(*rows, video_mask, mapping, sample_video, flags)
 
 
 def _output_length(summary, src, video, padded, length, device) -> tuple[int, int | None]:
