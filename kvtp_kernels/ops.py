@@ -48,6 +48,7 @@ so no Python function restates a signature.
 from __future__ import annotations
 
 import re
+import sys
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -100,7 +101,8 @@ class OpSpec:
     Attributes:
         name: the op that stands for all of them (``torch.ops.kvtp.<name>``).
         schema: ``"(args) -> returns"``, the schema of every backend's op.
-        fake: ``fake(args: OpArgs)``, output shapes only.
+        fake: ``fake(args: OpArgs)``, output shapes only (the Triton ops need none:
+            ``torch.library.triton_op`` traces their launchers).
         kernels: op name -> implementation: :data:`CPP` (defined in csrc/) or a Python
             function of an :class:`OpArgs`; ``triton_kernels`` likewise, with Triton launches.
         backends: backend -> op name (``api.BACKENDS``); empty for device-generic ops.
@@ -407,9 +409,11 @@ def _check_cpp_schema(spec: OpSpec, op_name: str) -> None:
         raise RuntimeError(f"kvtp_kernels: csrc/ops.cpp defines {cpp}, kvtp_kernels/ops.py describes {want}")
 
 
-def _register(spec: OpSpec, op_name: str, impl) -> None:
+def _register(spec: OpSpec, op_name: str, impl, *, fake: bool = True) -> None:
+    """The fake (not for Triton ops: ``triton_op`` traces their launchers instead) and autograd."""
     qualname = f"kvtp::{op_name}"
-    torch.library.register_fake(qualname)(lambda *args, **kwargs: spec.fake(spec.bind(args, kwargs)))
+    if fake:
+        torch.library.register_fake(qualname)(lambda *args, **kwargs: spec.fake(spec.bind(args, kwargs)))
     if spec.autograd is not None:
         autograd = spec.autograd(impl)
         torch.library.register_autograd(
@@ -422,7 +426,9 @@ def _define(spec: OpSpec, op_name: str, impl, *, triton: bool) -> None:
         return impl(spec.bind(args, kwargs))
 
     make = torch.library.triton_op if triton else torch.library.custom_op
-    make(f"kvtp::{op_name}", kernel, mutates_args=(), schema=spec.schema)
+    op = make(f"kvtp::{op_name}", kernel, mutates_args=(), schema=spec.schema)
+    if triton:  # also importable from its kernel module, e.g. prune_triton.prune_tokens_triton
+        setattr(sys.modules[impl.__module__], op_name, op)
 
 
 for _spec in OPS:
@@ -436,4 +442,4 @@ for _spec in OPS:
         _register(_spec, _name, _impl)
     for _name, _impl in _spec.triton_kernels.items():
         _define(_spec, _name, _impl, triton=True)
-        _register(_spec, _name, _impl)
+        _register(_spec, _name, _impl, fake=False)
