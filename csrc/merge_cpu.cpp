@@ -6,7 +6,7 @@
 //   mean == false ("paper"): y_i = x_i + sum_j a_j x_j
 //   mean == true:            y_i = x_i + sum_j (a_j / W) (x_j - x_i),  W = a_i + sum_j a_j
 // Sums are float for 16-bit tokens, double otherwise, rounded once to the output dtype.
-// Reference: kvtp_kernels/reference.py prumerge_ref.
+// Reference: kvtp_kernels/reference/prune.py prumerge_ref.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>

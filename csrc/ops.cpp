@@ -1,8 +1,9 @@
-// The kvtp operator library: one schema per C++ op, and the Python module stub.
+// The kvtp operator library: the schema of every C++ op, and the Python module stub.
 //
 // Backend kernels register against these schemas with TORCH_LIBRARY_IMPL in their
-// own files (prune_cpu.cpp, ...). Shape-only fakes and autograd are registered from
-// Python (kvtp_kernels/ops.py), which also documents every argument.
+// own files (prune_cpu.cpp, merge_cpu.cpp, pack_*.cpp/.cu). Shape-only fakes, autograd
+// and the Python backends (reference, Triton) are registered from kvtp_kernels/ops.py,
+// whose OpSpec of each op describes the same schema (checked on import).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -18,6 +19,14 @@ TORCH_LIBRARY(kvtp, m) {
   m.def(
       "merge_neighbors(Tensor tokens, Tensor merge_keys, Tensor weights, Tensor indices, int num_neighbors, "
       "bool mean) -> Tensor");
+  m.def(
+      "pack_plan(Tensor? text_mask, Tensor video_mask, Tensor? sample_video, Tensor video_cu_seqlens, "
+      "Tensor video_indices, str layout, int num_frames, int grid_width, int tokens_per_frame) "
+      "-> (Tensor cu_seqlens, Tensor sample_info, Tensor text_rank, Tensor newline_cu, Tensor summary)");
+  m.def(
+      "pack_rows(Tensor text_embeds, Tensor video_tokens, Tensor? newline, Tensor cu_seqlens, Tensor sample_info, "
+      "Tensor text_rank, Tensor frame_cu_seqlens, Tensor newline_cu, str layout, int num_frames, int length, "
+      "bool padded, bool left_padding) -> (Tensor embeds, Tensor source_index, Tensor position_ids)");
 }
 
 // `import kvtp_kernels._C` loads this library (and so runs the registrations above);

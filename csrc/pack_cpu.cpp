@@ -1,4 +1,4 @@
-// CPU kernel of kvtp::pack_rows (schema in pack_ops.cpp): at::parallel_for over the
+// CPU kernel of kvtp::pack_rows (schema in ops.cpp): at::parallel_for over the
 // output rows, each row produced by kvtp::pack_row (include/kvtp/pack.h), the same
 // body the CUDA kernel runs with a warp per row.
 #include <ATen/Parallel.h>

@@ -1,4 +1,4 @@
-// CUDA kernel of kvtp::pack_rows (schema in pack_ops.cpp): a warp per output row,
+// CUDA kernel of kvtp::pack_rows (schema in ops.cpp): a warp per output row,
 // running kvtp::pack_row (include/kvtp/pack.h), the same body as the CPU kernel.
 // All 32 lanes compute the row's source (uniform branches, broadcast loads of the
 // small index tables), then copy it together in 16-byte units when the rows are

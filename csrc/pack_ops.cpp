@@ -1,4 +1,4 @@
-// kvtp::pack_plan and kvtp::pack_rows: schemas, the plan (ATen, any device) and the
+// kvtp::pack_plan and kvtp::pack_rows (schemas in ops.cpp): the plan (ATen, any device) and the
 // argument checks shared by the CPU and CUDA kernels of pack_rows (METHOD.md section 4).
 //
 // pack_plan turns masks and the PrunedTokens offsets into the small tables of
@@ -251,17 +251,6 @@ PackRowsCall prepare_pack_rows(const at::Tensor& text_embeds, const at::Tensor& 
 }
 
 }  // namespace kvtp
-
-TORCH_LIBRARY_FRAGMENT(kvtp, m) {
-  m.def(
-      "pack_plan(Tensor? text_mask, Tensor video_mask, Tensor? sample_video, Tensor video_cu_seqlens, "
-      "Tensor video_indices, str layout, int num_frames, int grid_width, int tokens_per_frame) "
-      "-> (Tensor cu_seqlens, Tensor sample_info, Tensor text_rank, Tensor newline_cu, Tensor summary)");
-  m.def(
-      "pack_rows(Tensor text_embeds, Tensor video_tokens, Tensor? newline, Tensor cu_seqlens, Tensor sample_info, "
-      "Tensor text_rank, Tensor frame_cu_seqlens, Tensor newline_cu, str layout, int num_frames, int length, "
-      "bool padded, bool left_padding) -> (Tensor embeds, Tensor source_index, Tensor position_ids)");
-}
 
 // The plan is device-generic ATen code: the same function serves both backends.
 TORCH_LIBRARY_IMPL(kvtp, CPU, m) { m.impl("pack_plan", &kvtp::pack_plan); }

@@ -2,7 +2,7 @@
 //
 // Parallel over videos (counts) and frames (selection and gather) with
 // at::parallel_for; the per-video and per-frame math is the torch-free code in
-// include/kvtp/*.h. Results equal kvtp_kernels/reference.py bit for bit.
+// include/kvtp/*.h. Results equal kvtp_kernels/reference/ bit for bit.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>

@@ -21,8 +21,8 @@ import torch
 from . import ops, options
 from ._errors import as_int, fail
 from ._errors import describe as _describe
+from ._numerics import offsets_from_counts
 from .options import ALLOCATIONS, BACKENDS, MERGES, METHODS, SCORE_DTYPES, TOKEN_DTYPES  # noqa: F401  (re-exported)
-from .reference import offsets_from_counts
 
 _INT32_MAX = 2**31 - 1
 
@@ -169,12 +169,6 @@ def select_backend(backend: str | None, device: torch.device) -> str:
     return backend
 
 
-_KEEP_COUNTS_OPS = {"reference": "keep_counts_ref", "cpu": "keep_counts", "triton": "keep_counts_triton"}
-_PRUNE_OPS = {"reference": "prune_tokens_ref", "cpu": "prune_tokens", "triton": "prune_tokens_triton"}
-_MERGE_OPS = {"reference": "merge_neighbors_ref", "cpu": "merge_neighbors", "triton": "merge_neighbors_triton"}
-_TOME_OPS = {"reference": "tome_merge_ref", "cpu": "tome_merge", "triton": "tome_merge"}
-
-
 def _check_count_bounds(T, N) -> None:
     """Counts are int32 and every count, share and budget is an exact float64 integer."""
     if N > _INT32_MAX:
@@ -183,8 +177,24 @@ def _check_count_bounds(T, N) -> None:
         _fail("num_tokens", f"such that T*N <= 2**53 (exact float64 counts; T = {T})", repr(N))
 
 
-def _op(table: dict[str, str], backend: str):
-    return getattr(torch.ops.kvtp, table[backend])
+class _PruneCall(NamedTuple):
+    """A checked :func:`prune` call: batched inputs and resolved settings."""
+
+    x: torch.Tensor  # tokens [B, T, N, D]
+    batched: bool
+    frames: dict  # scores, frame_embeds, query_embeds, logit_scale, logit_bias as the ops take them
+    token_scores: torch.Tensor | None
+    merge_keys: torch.Tensor
+    num_neighbors: int | None
+    generator: object
+    K: int
+    ratio: float
+    temperature: float
+    min_tokens: int
+    allocation: str
+    method: str
+    mean: bool
+    backend: str
 
 
 # ----------------------------------------------------------------------------------
@@ -233,8 +243,9 @@ def keep_counts(
     temperature, m = _check_common(temperature, allocation, min_tokens_per_frame, num_tokens)
     K, ratio = resolve_budget(budget, T, num_tokens, m)
     backend = select_backend(backend, s.device)
-    counts = _op(_KEEP_COUNTS_OPS, backend)(s, None, None, None, None, num_tokens, K, ratio, temperature, m,
-                                            allocation == "paper")
+    counts = ops.KEEP_COUNTS(backend, scores=s, frame_embeds=None, query_embeds=None, logit_scale=None,
+                             logit_bias=None, num_tokens=num_tokens, budget=K, ratio=ratio, temperature=temperature,
+                             min_tokens=m, paper=allocation == "paper")
     return counts if batched else counts.squeeze(0)
 
 
@@ -305,6 +316,21 @@ def prune(
     Returns:
         :class:`PrunedTokens`. For [T, N, D] input, ``frame_counts`` is [T].
     """
+    a = _check_prune(tokens, scores, budget, token_scores, temperature, allocation, min_tokens_per_frame,
+                     frame_embeds, query_embeds, logit_scale, logit_bias, method, merge_keys, merge, num_neighbors,
+                     generator, backend)
+    counts, total, max_seqlen = _plan_counts(a)
+    packed, indices, frame_counts, cu_seqlens, frame_cu_seqlens = _run_method(a, counts, total)
+    if not a.batched:
+        frame_counts = frame_counts.squeeze(0)
+    return PrunedTokens(packed, indices, frame_counts, cu_seqlens, frame_cu_seqlens, max_seqlen)
+
+
+def _check_prune(tokens, scores, budget, token_scores, temperature, allocation, min_tokens_per_frame, frame_embeds,
+                 query_embeds, logit_scale, logit_bias, method, merge_keys, merge, num_neighbors, generator,
+                 backend) -> _PruneCall:
+    """Checks every argument of :func:`prune`, in the order errors are reported; -> the
+    batched inputs and the resolved settings (K, ratio, backend, ...)."""
     if not isinstance(tokens, torch.Tensor):
         _fail("tokens", "a torch.Tensor of shape [B, T, N, D] or [T, N, D]", type(tokens).__name__)
     if tokens.dim() not in (3, 4):
@@ -338,34 +364,53 @@ def prune(
     keys, n_neighbors, generator = _check_method(method, ts, batch("merge_keys", merge_keys), merge, num_neighbors,
                                                  generator, B, T, N, device)
     backend = select_backend(backend, device)
-    if method == "random":
-        ts = _random_scores(generator, (B, T, N), device)
-
     if allocation == "paper" and torch.compiler.is_compiling():
         _fail("allocation", "'exact' under torch.compile: 'paper' sizes its output from the counts with a "
               "device-to-host sync, which a compiled graph cannot hold (call prune outside the compiled region, "
               "or use allocation='exact', whose output size is static)", repr(allocation))
-    if allocation == "exact":
-        counts, total, max_seqlen = None, B * K, K
-    else:  # paper: counts first, then one sync for the data-dependent output size
-        counts = _op(_KEEP_COUNTS_OPS, backend)(s, fe, qe, ls, lb, N, K, ratio, temperature, m, True)
-        per_video = counts.sum(dim=1, dtype=torch.int64).tolist()  # the one host sync
-        total, max_seqlen = sum(per_video), max(per_video)
+    return _PruneCall(x=x, batched=batched, frames=dict(scores=s, frame_embeds=fe, query_embeds=qe,
+                                                             logit_scale=ls, logit_bias=lb),
+                           token_scores=ts, merge_keys=x if keys is None else keys, num_neighbors=n_neighbors,
+                           generator=generator, K=K, ratio=ratio, temperature=temperature, min_tokens=m,
+                           allocation=allocation, method=method, mean=merge == "mean", backend=backend)
 
-    if method == "tome":
+
+def _keep_counts_op(a: _PruneCall, paper: bool) -> torch.Tensor:
+    return ops.KEEP_COUNTS(a.backend, **a.frames, num_tokens=a.x.shape[2], budget=a.K, ratio=a.ratio,
+                           temperature=a.temperature, min_tokens=a.min_tokens, paper=paper)
+
+
+def _plan_counts(a: _PruneCall) -> tuple[torch.Tensor | None, int, int]:
+    """-> (frame counts, or None when the prune op allocates them itself; total rows; max_seqlen).
+
+    Exact mode knows its sizes statically (B*K rows, K per video); paper mode computes the
+    counts first, then reads their sums in one host sync for the data-dependent size.
+    """
+    if a.allocation == "exact":
+        return None, a.x.shape[0] * a.K, a.K
+    counts = _keep_counts_op(a, paper=True)
+    per_video = counts.sum(dim=1, dtype=torch.int64).tolist()  # the one host sync
+    return counts, sum(per_video), max(per_video)
+
+
+def _run_method(a: _PruneCall, counts: torch.Tensor | None, total: int) -> tuple:
+    """The within-frame method's ops -> (packed, indices, frame_counts, cu_seqlens, frame_cu_seqlens)."""
+    if a.method == "tome":
         if counts is None:
-            counts = _op(_KEEP_COUNTS_OPS, backend)(s, fe, qe, ls, lb, N, K, ratio, temperature, m, False)
-        packed, indices = _op(_TOME_OPS, backend)(x, x if keys is None else keys, counts, total)
-        frame_counts, cu_seqlens, frame_cu_seqlens = counts, *offsets_from_counts(counts)
-    else:
-        packed, indices, frame_counts, cu_seqlens, frame_cu_seqlens = _op(_PRUNE_OPS, backend)(
-            x, s, fe, qe, ls, lb, ts, counts, K, total, temperature, m)
-        if method == "prumerge":
-            packed = _op(_MERGE_OPS, backend)(x, x if keys is None else keys, ts, indices, n_neighbors,
-                                              merge == "mean")
-    if not batched:
-        frame_counts = frame_counts.squeeze(0)
-    return PrunedTokens(packed, indices, frame_counts, cu_seqlens, frame_cu_seqlens, max_seqlen)
+            counts = _keep_counts_op(a, paper=False)
+        packed, indices = ops.TOME_MERGE(a.backend, tokens=a.x, merge_keys=a.merge_keys, counts=counts,
+                                         total_rows=total)
+        return packed, indices, counts, *offsets_from_counts(counts)
+    token_scores = a.token_scores
+    if a.method == "random":
+        token_scores = _random_scores(a.generator, tuple(a.x.shape[:3]), a.x.device)
+    packed, indices, frame_counts, cu_seqlens, frame_cu_seqlens = ops.PRUNE_TOKENS(
+        a.backend, tokens=a.x, **a.frames, token_scores=token_scores, frame_counts=counts, budget=a.K,
+        total_rows=total, temperature=a.temperature, min_tokens=a.min_tokens)
+    if a.method == "prumerge":
+        packed = ops.MERGE_NEIGHBORS(a.backend, tokens=a.x, merge_keys=a.merge_keys, weights=token_scores,
+                                     indices=indices, num_neighbors=a.num_neighbors, mean=a.mean)
+    return packed, indices, frame_counts, cu_seqlens, frame_cu_seqlens
 
 
 def _check_method(method, token_scores, merge_keys, merge, num_neighbors, generator, B, T, N, device):

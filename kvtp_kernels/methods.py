@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from .reference import NORM_EPS, rank_ref
+from ._numerics import NORM_EPS, rank
 
 #: Elements per float64 chunk of the final member sums (32 MiB).
 _CHUNK_ELEMENTS = 2**22
@@ -68,7 +68,7 @@ def tome_merge(tokens: torch.Tensor, merge_keys: torch.Tensor, counts: torch.Ten
         cos = torch.where(torch.isnan(cos), float("-inf"), cos)
         cos = torch.where(is_a[:, :, None] & is_b[:, None, :], cos, float("-inf"))
         best, dest = cos.max(dim=2)  # the first maximum: ties go to the lower b
-        merged = is_a & (rank_ref(torch.where(is_a, best, nan)) < r[:, None])
+        merged = is_a & (rank(torch.where(is_a, best, nan)) < r[:, None])
         target = torch.where(merged, dest, pos_in_frame)  # [F, N]: where each current token goes
         owner = target.gather(1, owner)
         # Size-weighted means of the keys' Gram: rows, then columns (merging is linear).

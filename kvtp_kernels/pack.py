@@ -16,22 +16,10 @@ op                      what it does
                         a vectorised row copy (``csrc/pack_cpu.cpp``, ``csrc/pack_cuda.cu``)
 ======================  ===================================================================
 
-Schemas (``csrc/pack_ops.cpp``)::
-
-    pack_plan(Tensor? text_mask, Tensor video_mask, Tensor? sample_video,
-              Tensor video_cu_seqlens, Tensor video_indices, str layout, int num_frames,
-              int grid_width, int tokens_per_frame)
-        -> (Tensor cu_seqlens, Tensor sample_info, Tensor text_rank, Tensor newline_cu,
-            Tensor summary)
-
-    pack_rows(Tensor text_embeds, Tensor video_tokens, Tensor? newline, Tensor cu_seqlens,
-              Tensor sample_info, Tensor text_rank, Tensor frame_cu_seqlens,
-              Tensor newline_cu, str layout, int num_frames, int length, bool padded,
-              bool left_padding)
-        -> (Tensor embeds, Tensor source_index, Tensor position_ids)
-
-Every output shape is fixed by the arguments (``length`` included), so both ops have
-shape-only fakes. The output size itself is data dependent; :func:`pack_multimodal`
+Their schemas, fakes and autograd are :data:`kvtp_kernels.ops.PACK_PLAN` and
+:data:`kvtp_kernels.ops.PACK_ROWS` (schemas defined in ``csrc/ops.cpp``). Every output
+shape is fixed by the arguments (``length`` included), so both ops have shape-only
+fakes. The output size itself is data dependent; :func:`pack_multimodal`
 reads it, together with the validity of every sample's placeholder span, in one
 device-to-host sync (``summary.tolist()``), which the caller avoids on CUDA by passing
 ``length``.
@@ -56,8 +44,6 @@ from ._errors import as_int
 from .api import PrunedTokens, _describe, _fail
 from .options import LAYOUTS, OUTPUTS, PADDING_SIDES, check_choice
 
-#: Columns of ``sample_info`` (kPackFields in csrc/include/kvtp/pack.h).
-_PACK_FIELDS = 6
 #: Error codes of the plan's summary (csrc/pack_ops.cpp).
 _VIDEO_WITHOUT_SPAN, _SPAN_WITHOUT_VIDEO, _SPAN_NOT_CONTIGUOUS, _SPAN_OUTSIDE_TEXT = 1, 2, 3, 4
 _INT32_MAX = 2**31 - 1
@@ -108,67 +94,6 @@ class UnpackedRows(NamedTuple):
 
     text: torch.Tensor
     video: torch.Tensor
-
-
-# ----------------------------------------------------------------------------------
-# Fakes and autograd
-# ----------------------------------------------------------------------------------
-def _pack_plan_fake(text_mask, video_mask, sample_video, video_cu_seqlens, video_indices, layout, num_frames,
-                    grid_width, tokens_per_frame):
-    B, L = video_mask.shape
-    dev = video_mask.device
-    newline_rows = video_indices.shape[0] + 1 if layout == "grid" else 0
-    return (
-        torch.empty((B + 1,), dtype=torch.int32, device=dev),
-        torch.empty((B, _PACK_FIELDS), dtype=torch.int64, device=dev),
-        torch.empty((B, L), dtype=torch.int32, device=dev),
-        torch.empty((newline_rows,), dtype=torch.int64, device=dev),
-        torch.empty((4,), dtype=torch.int64, device=dev),
-    )
-
-
-def _pack_rows_fake(text_embeds, video_tokens, newline, cu_seqlens, sample_info, text_rank, frame_cu_seqlens,
-                    newline_cu, layout, num_frames, length, padded, left_padding):
-    B, _, D = text_embeds.shape
-    rows = (B, length) if padded else (length,)
-    index = torch.empty(rows, dtype=torch.int64, device=text_embeds.device)
-    return text_embeds.new_empty((*rows, D)), index, torch.empty_like(index)
-
-
-def _to_sources(values: torch.Tensor, source_index: torch.Tensor, text_rows: int, video_rows: int,
-                accumulate: bool) -> torch.Tensor:
-    """Scatter rows [R, D'] to the source concatenation [text | video | newline | padding].
-
-    Padding (-1) goes to the last slot, which callers drop. With ``accumulate`` the
-    newline slot sums its rows (``index_add_``); otherwise any one of them lands there.
-    """
-    slots = text_rows + video_rows + 2
-    index = torch.where(source_index < 0, slots - 1, source_index)
-    buffer = values.new_zeros((slots, values.shape[-1]))
-    return buffer.index_add_(0, index, values) if accumulate else buffer.index_copy_(0, index, values)
-
-
-def _pack_rows_setup_context(ctx, inputs, output):
-    text_embeds, video_tokens, newline = inputs[:3]
-    ctx.text_shape = tuple(text_embeds.shape)
-    ctx.video_rows = video_tokens.shape[0]
-    ctx.has_newline = newline is not None
-    ctx.save_for_backward(output[1])
-
-
-def _pack_rows_backward(ctx, grad_embeds, _grad_source_index, _grad_position_ids):
-    (source_index,) = ctx.saved_tensors
-    B, L, D = ctx.text_shape
-    text_rows, video_rows = B * L, ctx.video_rows
-    grads = _to_sources(grad_embeds.reshape(-1, D), source_index.reshape(-1), text_rows, video_rows, accumulate=True)
-    grad_newline = grads[text_rows + video_rows] if ctx.has_newline else None
-    return (grads[:text_rows].view(B, L, D), grads[text_rows:text_rows + video_rows], grad_newline) + (None,) * 10
-
-
-if ops.HAS_CPP:
-    torch.library.register_fake("kvtp::pack_plan")(_pack_plan_fake)
-    torch.library.register_fake("kvtp::pack_rows")(_pack_rows_fake)
-    torch.library.register_autograd("kvtp::pack_rows", _pack_rows_backward, setup_context=_pack_rows_setup_context)
 
 
 # ----------------------------------------------------------------------------------
@@ -329,17 +254,10 @@ def pack_multimodal(
 ) -> PackedInputs:
     """Build the LLM input: text with each sample's pruned video spliced into its placeholder span.
 
-    Sample b's sequence is its kept text before the span, the video block, then its
-    kept text after the span, where kept text = positions with ``text_mask`` nonzero
-    and ``video_mask`` zero, in position order (left-padded prompts work: the text
-    need not be a prefix). The video block holds the video's rows in PrunedTokens
-    order (frame, raster) with newlines per ``layout``:
-
-    - ``"grid"``: after each grid row that kept a token; row of token n = n // grid_width,
-      per frame (LLaVA-Video's ``image_newline``);
-    - ``"frame"``: after each frame, also one that kept no token;
-    - ``"video"``: once after the video, also when it kept no token (HF LlavaOnevision);
-    - ``"none"``: no newline.
+    Sample b's sequence is its kept text before the span, the video block (its rows
+    with newlines per ``layout``, see the module docstring), then its kept text after
+    the span, where kept text = positions with ``text_mask`` nonzero and ``video_mask``
+    zero, in position order (left-padded prompts work: the text need not be a prefix).
 
     Args:
         text_embeds: [B, L, D] float32/float16/bfloat16 (or float64): the embedded
@@ -376,17 +294,34 @@ def pack_multimodal(
         :class:`PackedInputs`.
 
     Raises:
-        ValueError: naming the argument, what it must be and what it is, before
-            any output is written: shapes, dtypes and devices of every tensor, the
-            layout options, ``sample_to_video``; and, whenever the plan's summary is
-            read (always on CPU; on CUDA unless ``length`` is given, since that
-            check needs the sync), each sample's placeholder span and ``length``, and
-            the consistency of the ``video`` fields (offsets start at 0, never
-            decrease and end at the row count; ``frame_counts`` are the differences of
-            ``frame_cu_seqlens``; videos start where their first frame does; for the
-            grid layout, counts <= ``tokens_per_frame`` and every index lies in its
-            row's frame), naming the field.
+        ValueError: naming the argument, before any output is written (the module
+            docstring lists what is checked, and when).
     """
+    newline, grid_width, tokens_per_frame, length = _check_arguments(
+        text_embeds, text_mask, layout, output, padding_side, newline, grid_width, tokens_per_frame, length)
+    src = _video_sources(text_embeds, video_mask, video, sample_to_video, layout, tokens_per_frame)
+    text_embeds, video_tokens = _unit_stride(text_embeds), _unit_stride(src.tokens)
+    plan = ops.PACK_PLAN(
+        text_mask=text_mask, video_mask=src.video_mask, sample_video=src.sample_video, video_cu_seqlens=src.cu,
+        video_indices=src.indices, layout=layout, num_frames=src.num_frames, grid_width=grid_width or 0,
+        tokens_per_frame=tokens_per_frame or 0)
+    cu_seqlens, sample_info, text_rank, newline_cu, summary = plan
+    padded = output == "padded"
+    length, max_seqlen = _output_length(summary, src, video, padded, length, text_embeds.device)
+    embeds, source_index, position_ids = ops.PACK_ROWS(
+        text_embeds=text_embeds, video_tokens=video_tokens, newline=newline, cu_seqlens=cu_seqlens,
+        sample_info=sample_info, text_rank=text_rank, frame_cu_seqlens=src.frame_cu, newline_cu=newline_cu,
+        layout=layout, num_frames=src.num_frames, length=length, padded=padded, left_padding=padding_side == "left")
+    attention_mask = None
+    if padded:
+        attention_mask = (source_index >= 0).to(text_mask.dtype if text_mask is not None else torch.int64)
+    return PackedInputs(embeds, cu_seqlens, attention_mask, position_ids, source_index, max_seqlen,
+                        tuple(text_embeds.shape[:2]), video_tokens.shape[0])
+
+
+def _check_arguments(text_embeds, text_mask, layout, output, padding_side, newline, grid_width, tokens_per_frame,
+                     length):
+    """Static checks (no data read) -> (newline, grid_width, tokens_per_frame, length) as used."""
     if not isinstance(text_embeds, torch.Tensor):
         _fail("text_embeds", "a torch.Tensor of shape [B, L, D]", type(text_embeds).__name__)
     if text_embeds.dim() != 3 or not text_embeds.is_floating_point() or min(text_embeds.shape) == 0:
@@ -415,28 +350,47 @@ def pack_multimodal(
     elif tuple(newline.shape) != (D,) or newline.dtype != dtype or newline.device != device:
         _fail("newline", f"a {dtype} tensor of shape [D] = [{D}] on {device} (like `text_embeds`)",
               _describe(newline))
+    return (newline.contiguous() if newline is not None else None), grid_width, tokens_per_frame, length
 
+
+def _unit_stride(rows: torch.Tensor) -> torch.Tensor:
+    """Byte copies need unit stride along D (the last dimension); other strides are honoured."""
+    return rows.contiguous() if rows.shape[-1] > 1 and rows.stride(-1) != 1 else rows
+
+
+class _VideoSources(NamedTuple):
+    """The plan's video inputs (empty ones for text only), checked."""
+
+    tokens: torch.Tensor
+    indices: torch.Tensor
+    cu: torch.Tensor
+    frame_cu: torch.Tensor
+    num_frames: int
+    video_mask: torch.Tensor
+    mapping: list[int] | None
+    sample_video: torch.Tensor | None
+    flags: torch.Tensor | None  # consistency flags of `video` still to be read with the summary
+
+
+def _video_sources(text_embeds, video_mask, video, sample_to_video, layout, tokens_per_frame) -> _VideoSources:
+    """Checks ``video``, ``video_mask`` and ``sample_to_video``; -> the plan's video inputs.
+
+    The consistency flags of ``video`` are read here on CPU (free, before the plan);
+    elsewhere they are returned, to be read with the plan's summary.
+    """
+    B, L, D = text_embeds.shape
+    device = text_embeds.device
     if video is None:
         if video_mask is None:
             video_mask = torch.zeros((B, L), dtype=torch.bool, device=device)
         mapping = [-1] * B if sample_to_video is None else _check_sample_to_video(sample_to_video, B, 0)
-        video_tokens = text_embeds.new_empty((0, D))
-        video_indices = torch.empty((0,), dtype=torch.int64, device=device)
-        video_cu = frame_cu = torch.zeros((1,), dtype=torch.int32, device=device)
-        num_frames = 0
+        empty = torch.zeros((1,), dtype=torch.int32, device=device)
+        rows = (text_embeds.new_empty((0, D)), torch.empty((0,), dtype=torch.int64, device=device), empty, empty, 0)
     else:
-        V, num_frames = _check_video(video, D, dtype, device)
+        V, num_frames = _check_video(video, D, text_embeds.dtype, device)
         mapping = _check_sample_to_video(sample_to_video, B, V)
-        video_tokens, video_indices = video.tokens, video.indices
-        video_cu, frame_cu = video.cu_seqlens, video.frame_cu_seqlens
+        rows = (video.tokens, video.indices, video.cu_seqlens, video.frame_cu_seqlens, num_frames)
     _check_mask("video_mask", video_mask, B, L, device)
-
-    # Byte copies need unit stride along D; other strides are honoured.
-    if D > 1 and text_embeds.stride(2) != 1:
-        text_embeds = text_embeds.contiguous()
-    if D > 1 and video_tokens.stride(1) != 1:
-        video_tokens = video_tokens.contiguous()
-    newline = newline.contiguous() if newline is not None else None
     sample_video = None
     if mapping is not None:
         sample_video = torch.tensor(mapping, dtype=torch.int64)
@@ -444,30 +398,31 @@ def pack_multimodal(
             sample_video = sample_video.pin_memory().to(device, non_blocking=True)
         else:
             sample_video = sample_video.to(device)
-
-    video_flags = None
+    flags = None
     if video is not None:
-        video_flags = _video_flags(video, V, num_frames, tokens_per_frame if layout == "grid" else None)
+        flags = _video_flags(video, V, num_frames, tokens_per_frame if layout == "grid" else None)
         if device.type == "cpu" and not torch.compiler.is_compiling():  # free to read: before the plan
-            flags = video_flags.tolist()
-            if not all(flags):
-                _raise_for_video(flags, video)
-            video_flags = None
-    cu_seqlens, sample_info, text_rank, newline_cu, summary = torch.ops.kvtp.pack_plan(
-        text_mask, video_mask, sample_video, video_cu, video_indices, layout, num_frames, grid_width or 0,
-        tokens_per_frame or 0)
+            read = flags.tolist()
+            if not all(read):
+                _raise_for_video(read, video)
+            flags = None
+    return _VideoSources(*rows, video_mask, mapping, sample_video, flags)
 
-    padded = output == "padded"
+
+def _output_length(summary, src, video, padded, length, device) -> tuple[int, int | None]:
+    """-> (rows or L_out of the output, max_seqlen), reading the plan's summary where needed.
+
+    The summary is read where that is free (CPU) and where the size is needed anyway;
+    under torch.compile only in the latter case, since reading it breaks the graph.
+    """
     max_seqlen = length
-    # The summary is read where that is free (CPU) and where the size is needed anyway;
-    # under torch.compile only in the latter case, since reading it breaks the graph.
     if length is None or (device.type == "cpu" and not torch.compiler.is_compiling()):
-        read = summary if video_flags is None else torch.cat([summary, video_flags])
+        read = summary if src.flags is None else torch.cat([summary, src.flags])
         total, longest, bad_sample, code, *flags = read.tolist()  # the one device-to-host sync
         if flags and not all(flags):
             _raise_for_video(flags, video)
         if bad_sample >= 0:
-            _raise_for_sample(bad_sample, code, mapping)
+            _raise_for_sample(bad_sample, code, src.mapping)
         if total > _INT32_MAX:
             _fail("text_embeds", f"a batch whose packed length fits int32 cu_seqlens (<= {_INT32_MAX})",
                   f"{total} rows")
@@ -478,14 +433,7 @@ def pack_multimodal(
         elif length < needed:
             what = "the longest sample" if padded else "the packed rows"
             _fail("length", f">= {needed} ({what})", length)
-    embeds, source_index, position_ids = torch.ops.kvtp.pack_rows(
-        text_embeds, video_tokens, newline, cu_seqlens, sample_info, text_rank, frame_cu, newline_cu, layout,
-        num_frames, length, padded, padding_side == "left")
-    attention_mask = None
-    if padded:
-        attention_mask = (source_index >= 0).to(text_mask.dtype if text_mask is not None else torch.int64)
-    return PackedInputs(embeds, cu_seqlens, attention_mask, position_ids, source_index, max_seqlen, (B, L),
-                        video_tokens.shape[0])
+    return length, max_seqlen
 
 
 def unpack(values: torch.Tensor, packed: PackedInputs) -> UnpackedRows:
@@ -512,6 +460,6 @@ def unpack(values: torch.Tensor, packed: PackedInputs) -> UnpackedRows:
               _describe(values))
     B, L = packed.text_shape
     text_rows, video_rows = B * L, packed.num_video_rows
-    rows = _to_sources(values.reshape(-1, values.shape[-1]), src.reshape(-1), text_rows, video_rows,
+    rows = ops.to_sources(values.reshape(-1, values.shape[-1]), src.reshape(-1), text_rows, video_rows,
                        accumulate=False)
     return UnpackedRows(rows[:text_rows].view(B, L, -1), rows[text_rows:text_rows + video_rows])

@@ -64,10 +64,10 @@ import torch
 
 from .._errors import as_int
 from .._errors import describe as _describe
+from .._numerics import offsets_from_counts
 from ..api import PrunedTokens
 from ..options import LAYOUTS
 from ..pack import pack_multimodal
-from ..reference import offsets_from_counts
 from .frames import predictor_scores, renormalize_pixels, video_pixel_values
 from .placement import infer_padding_side, locate_videos, placeholder_length
 from .pruning import check_video_scores, group_by_shape, prune_group

@@ -85,10 +85,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import _opchecks, reference
+from .. import _opchecks
+from .._numerics import NORM_EPS, fit, pow2
 from . import _traffic
 
-_NORM_EPS = tl.constexpr(reference.NORM_EPS)
+_NORM_EPS = tl.constexpr(NORM_EPS)
 
 # Register tiles of the select kernel on a GPU, in elements per thread (x 32 x num_warps =
 # elements per tile). 16 warps, one CTA per SM: the [ROWS, BLOCK_N] float64 tiles of steps
@@ -380,15 +381,6 @@ def _merge_rows_kernel(
 # ----------------------------------------------------------------------------------
 # Host side
 # ----------------------------------------------------------------------------------
-def _pow2(n: int, lo: int = 16) -> int:
-    return max(lo, triton.next_power_of_2(max(int(n), 1)))
-
-
-def _fit(budget: int, block: int, size: int, lo: int = 1) -> int:
-    """Largest power of two <= ``budget // block`` (at least ``lo``), capped at ``size``'s block."""
-    return max(lo, min(_pow2(size, lo=1), triton.next_power_of_2(max(budget // block, 1) + 1) // 2))
-
-
 def select_warps(capability: int | None) -> int:
     """Warps of ``_merge_select_kernel`` for a GPU of compute capability ``capability``
     (major * 10 + minor; None: not known, e.g. the interpreter) with this Triton: 16 where
@@ -420,7 +412,7 @@ def _target_capability(device: torch.device) -> int | None:
 
 def _select_blocks(R: int, N: int, Dk: int, num_neighbors: int, num_warps: int = _NUM_WARPS_SELECT) -> dict:
     """Tile sizes of ``_merge_select_kernel`` (see ``_GPU_*``); the interpreter gets big ones."""
-    block_n = _pow2(N)
+    block_n = pow2(N)
     if _INTERPRETING:
         f64 = search = _INTERPRETER_TILE
         compare = 2 * _INTERPRETER_TILE  # 8 key bits per step at N <= 32
@@ -431,12 +423,12 @@ def _select_blocks(R: int, N: int, Dk: int, num_neighbors: int, num_warps: int =
         compare = _GPU_COMPARE_PER_THREAD * threads
         search = _GPU_SEARCH
         rows = _GPU_ROWS
-    block_m = _pow2(num_neighbors, lo=1)
+    block_m = pow2(num_neighbors, lo=1)
     return dict(
-        SEARCH=min(search, _pow2(R)),
+        SEARCH=min(search, pow2(R)),
         ROWS=rows,
         BLOCK_N=block_n,
-        BLOCK_K=_fit(f64, block_n, Dk, lo=_MIN_DOT),
+        BLOCK_K=fit(f64, block_n, Dk, lo=_MIN_DOT),
         BLOCK_M=block_m,
         RADIX_BITS=max([1] + [bits for bits in (2, 4, 8) if rows * (1 << bits) * block_n <= compare]),
         LIST_3D=rows * block_m * block_n <= compare,
@@ -449,32 +441,19 @@ def _rows_blocks(R: int, D: int, element_size: int) -> dict:
     BLOCK_D: 32 lanes x 16 bytes, halved while that pads D less (D = 3584 bf16: 256).
     """
     if _INTERPRETING:
-        block_d = _pow2(D, lo=1)
-        return dict(ROWS=_fit(_INTERPRETER_TILE, block_d, R), BLOCK_D=block_d)
+        block_d = pow2(D, lo=1)
+        return dict(ROWS=fit(_INTERPRETER_TILE, block_d, R), BLOCK_D=block_d)
     widest = max(1, 32 * 16 // element_size // _GPU_ROWS_LANE_DIVISOR)
     widths = [widest >> k for k in range(4) if widest >> k >= 1]
     block_d = min(widths, key=lambda w: (triton.cdiv(D, w) * w, -w))
-    return dict(ROWS=_GPU_ROWS_PER_CTA, BLOCK_D=min(block_d, _pow2(D, lo=1)))
+    return dict(ROWS=_GPU_ROWS_PER_CTA, BLOCK_D=min(block_d, pow2(D, lo=1)))
 
 
-def _check(name: str, ok: bool, expected: str, tensor: torch.Tensor) -> None:
-    if not ok:
-        raise ValueError(f"kvtp::merge_neighbors_triton: `{name}` must be {expected}; "
-                         f"got shape {list(tensor.shape)}, dtype {tensor.dtype}, device {tensor.device}")
+def merge_neighbors(a) -> torch.Tensor:
+    """``kvtp::merge_neighbors_triton``: PruMerge's merge of the kept rows, two launches (one
+    without neighbours), no host sync (METHOD.md section 3).
 
-
-@torch.library.triton_op("kvtp::merge_neighbors_triton", mutates_args=())
-def merge_neighbors_triton(
-    tokens: torch.Tensor,
-    merge_keys: torch.Tensor,
-    weights: torch.Tensor,
-    indices: torch.Tensor,
-    num_neighbors: int,
-    mean: bool,
-) -> torch.Tensor:
-    """PruMerge's merge of the kept rows, two launches (one without neighbours), no host sync (METHOD.md section 3).
-
-    Args:
+    Args (``a``, by name):
         tokens: [B, T, N, D] float32/float16/bfloat16 (or float64), any strides.
         merge_keys: [B, T, N, Dk] any float dtype, any strides.
         weights: [B, T, N] the a's, any float dtype, any strides.
@@ -485,27 +464,17 @@ def merge_neighbors_triton(
     Returns:
         [R, D] in the dtype of ``tokens``.
     """
-    _opchecks.check_merge_neighbors(**locals())
-    _check("tokens", tokens.dim() == 4 and tokens.is_floating_point(), "a float tensor [B, T, N, D]", tokens)
+    _opchecks.check_merge_neighbors(**vars(a))
+    tokens, merge_keys, weights, indices, mean = a.tokens, a.merge_keys, a.weights, a.indices, a.mean
     B, T, N, D = tokens.shape
     device = tokens.device
-    _check("merge_keys", merge_keys.dim() == 4 and tuple(merge_keys.shape[:3]) == (B, T, N)
-           and merge_keys.is_floating_point() and merge_keys.device == device,
-           f"a float tensor [B, T, N, Dk] = [{B}, {T}, {N}, *] on {device}", merge_keys)
-    _check("weights", tuple(weights.shape) == (B, T, N) and weights.is_floating_point() and weights.device == device,
-           f"a float tensor [B, T, N] = [{B}, {T}, {N}] on {device}", weights)
-    _check("indices", indices.dim() == 1 and indices.dtype == torch.int64 and indices.device == device,
-           f"an int64 tensor [R] on {device}", indices)
-    if not 0 <= num_neighbors <= max(N - 1, 0):
-        raise ValueError(f"kvtp::merge_neighbors_triton: `num_neighbors` must lie in [0, N-1] = [0, {N - 1}]; "
-                         f"got {num_neighbors}")
     R = indices.shape[0]
     Dk = merge_keys.shape[3]
     out = tokens.new_empty((R, D))
     if R == 0 or D == 0:
         return out
     acc_f64 = tokens.dtype in (torch.float32, torch.float64)
-    M = num_neighbors
+    M = a.num_neighbors
     # 1. neighbour lists (a workspace of R x M tokens and coefficients, 12-16 bytes per pair)
     neighbors = torch.empty((R, max(M, 1)), dtype=torch.int32, device=device)
     coefs = torch.empty((R, max(M, 1)), dtype=torch.float64 if acc_f64 else torch.float32, device=device)

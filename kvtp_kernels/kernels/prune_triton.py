@@ -51,13 +51,14 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from .. import _opchecks, reference
+from .. import _opchecks
+from .._numerics import NORM_EPS, PROB_FLUSH, fit, pow2
 from . import _traffic
 
 # Kernels may read module globals only as constexprs. Both are float64 values, so they
 # enter the kernels through tl.full(..., tl.float64) (a bare float literal is fp32).
-_NORM_EPS = tl.constexpr(reference.NORM_EPS)
-_PROB_FLUSH = tl.constexpr(reference.PROB_FLUSH)
+_NORM_EPS = tl.constexpr(NORM_EPS)
+_PROB_FLUSH = tl.constexpr(PROB_FLUSH)
 
 # Under TRITON_INTERPRET=1 every Triton op costs ~0.1-1 ms of Python whatever its size,
 # so the interpreter runs the same kernels with much bigger tiles (fewer loop trips, same
@@ -566,15 +567,6 @@ def _copy_rows_kernel(
 # ----------------------------------------------------------------------------------
 # Host side: tile sizes and the two ops
 # ----------------------------------------------------------------------------------
-def _pow2(n: int, lo: int = 16) -> int:
-    return max(lo, triton.next_power_of_2(max(int(n), 1)))
-
-
-def _fit(budget: int, block: int, size: int) -> int:
-    """Largest power of two <= ``budget // block`` (at least 1), capped at ``size``'s block."""
-    return max(1, min(_pow2(size, lo=1), triton.next_power_of_2(max(budget // block, 1) + 1) // 2))
-
-
 def _per_thread(elements: int, num_warps: int) -> int:
     """``elements`` per thread as a tile budget; the interpreter's big tile instead."""
     return _INTERPRETER_TILE if _INTERPRETING else elements * 32 * num_warps
@@ -586,18 +578,18 @@ def _frame_blocks(T: int, E: int, embed_size: int, with_distinct: bool = False) 
     ``embed_size``: bytes per element of the frame embeddings (VEC_E = one 16-byte load);
     ``with_distinct``: the launch also runs distinctiveness programs.
     """
-    block_t = _pow2(T)
+    block_t = pow2(T)
     compare = _per_thread(_GPU_COMPARE_PER_THREAD, _plan_warps(T))
     embed = _GPU_EMBED_PER_THREAD_SHARED if with_distinct else _GPU_EMBED_PER_THREAD
     if _plan_warps(T) == _NUM_WARPS_PLAN_LONG:
         embed = min(embed, _GPU_EMBED_PER_THREAD_LONG)
-    block_e = _fit(_per_thread(embed, _plan_warps(T)), block_t, E)
+    block_e = fit(_per_thread(embed, _plan_warps(T)), block_t, E)
     return dict(
         BLOCK_T=block_t,
-        CHUNK_T=min(block_t, _fit(compare // 2, block_t, T)),  # g tile: [BLOCK_T, 2, CHUNK_T]
+        CHUNK_T=min(block_t, fit(compare // 2, block_t, T)),  # g tile: [BLOCK_T, 2, CHUNK_T]
         BLOCK_E=block_e,
         VEC_E=max(1, min(block_e, 16 // embed_size)),
-        BLOCK_F=_fit(_per_thread(8, _plan_warps(T)), 1, 1 << 30),  # earlier frames' given counts
+        BLOCK_F=fit(_per_thread(8, _plan_warps(T)), 1, 1 << 30),  # earlier frames' given counts
     )
 
 
@@ -610,8 +602,8 @@ def _distinct_plan(B: int, T: int, N: int, D: int, element_size: int) -> tuple[i
     its final reductions, about two chunks' time; ties: fewer slices, fewer partial sums);
     one slice per frame in the interpreter.
     """
-    block_n = _pow2(N)
-    block_d = _fit(_per_thread(_GPU_DISTINCT_PER_THREAD, _plan_warps(T)), block_n, D)
+    block_n = pow2(N)
+    block_d = fit(_per_thread(_GPU_DISTINCT_PER_THREAD, _plan_warps(T)), block_n, D)
     vec = max(1, min(block_d, 16 // element_size))
     chunks = triton.cdiv(D, block_d)
     splits = 1
@@ -630,13 +622,13 @@ def _copy_blocks(total_rows: int, D: int, element_size: int) -> dict:
     wider), so that no column of a row is masked when D allows it (D = 3584: 512).
     """
     if _INTERPRETING:
-        block_dc = _pow2(D, lo=1)
-        return dict(ROWS=_fit(_INTERPRETER_TILE, block_dc, total_rows), BLOCK_DC=block_dc)
+        block_dc = pow2(D, lo=1)
+        return dict(ROWS=fit(_INTERPRETER_TILE, block_dc, total_rows), BLOCK_DC=block_dc)
     tile = _GPU_COPY_BYTES_PER_THREAD * 32 * _NUM_WARPS_COPY // element_size
     widths = [w for w in (1 << k for k in range(12)) if 64 <= w * element_size <= 2048] or [1]
     block_dc = min(widths, key=lambda w: (triton.cdiv(D, w) * w, -w))
-    block_dc = min(block_dc, _pow2(D, lo=1))
-    return dict(ROWS=max(1, min(tile // block_dc, _pow2(total_rows, lo=1))), BLOCK_DC=block_dc)
+    block_dc = min(block_dc, pow2(D, lo=1))
+    return dict(ROWS=max(1, min(tile // block_dc, pow2(total_rows, lo=1))), BLOCK_DC=block_dc)
 
 
 def _embed_size(frame_embeds: torch.Tensor | None) -> int:
@@ -671,56 +663,32 @@ def _launch_plan(grid, counts, frame_cu_seqlens, cu_seqlens, frame_inputs, count
     )
 
 
-@torch.library.triton_op("kvtp::keep_counts_triton", mutates_args=())
-def keep_counts_triton(
-    scores: torch.Tensor | None,
-    frame_embeds: torch.Tensor | None,
-    query_embeds: torch.Tensor | None,
-    logit_scale: torch.Tensor | None,
-    logit_bias: torch.Tensor | None,
-    num_tokens: int,
-    budget: int,
-    ratio: float,
-    temperature: float,
-    min_tokens: int,
-    paper: bool,
-) -> torch.Tensor:
-    """int32 [B, T] keep counts: ``_plan_kernel``'s per-video programs alone (METHOD.md sections 1-2)."""
-    _opchecks.check_keep_counts(**locals())
-    src = scores if scores is not None else frame_embeds
+def keep_counts(a) -> torch.Tensor:
+    """``kvtp::keep_counts_triton`` (``a``: its arguments by name, schema in :mod:`kvtp_kernels.ops`):
+    int32 [B, T] keep counts, ``_plan_kernel``'s per-video programs alone (METHOD.md sections 1-2)."""
+    _opchecks.check_keep_counts(**vars(a))
+    src = a.scores if a.scores is not None else a.frame_embeds
     B, T = src.shape[0], src.shape[1]
-    E, C, frame_inputs, flags = _frame_args(scores, frame_embeds, query_embeds, logit_scale, logit_bias)
+    E, C, frame_inputs, flags = _frame_args(a.scores, a.frame_embeds, a.query_embeds, a.logit_scale, a.logit_bias)
     counts = torch.empty((B, T), dtype=torch.int32, device=src.device)
-    sizes = dict(B=B, T=T, N=num_tokens, D=1, E=E, C=C, budget=budget, min_tokens=min_tokens,
-                 temperature=temperature, ratio_frames=float(ratio) * T,  # beta*T as the reference forms it
+    sizes = dict(B=B, T=T, N=a.num_tokens, D=1, E=E, C=C, budget=a.budget, min_tokens=a.min_tokens,
+                 temperature=a.temperature, ratio_frames=float(a.ratio) * T,  # beta*T as the reference forms it
                  split_cols=1, splits=1)
     _launch_plan((B,), counts, counts, counts, frame_inputs, (counts, 0, 0), (src, 0, 0, 0, 0), counts, sizes,
-                 PAPER=bool(paper), COUNTS_GIVEN=False, WRITE_OFFSETS=False, DISTINCT=False,
-                 BLOCK_N=16, BLOCK_D=16, VEC=1, **flags, **_frame_blocks(T, E, _embed_size(frame_embeds)))
+                 PAPER=bool(a.paper), COUNTS_GIVEN=False, WRITE_OFFSETS=False, DISTINCT=False,
+                 BLOCK_N=16, BLOCK_D=16, VEC=1, **flags, **_frame_blocks(T, E, _embed_size(a.frame_embeds)))
     return counts
 
 
-@torch.library.triton_op("kvtp::prune_tokens_triton", mutates_args=())
-def prune_tokens_triton(
-    tokens: torch.Tensor,
-    scores: torch.Tensor | None,
-    frame_embeds: torch.Tensor | None,
-    query_embeds: torch.Tensor | None,
-    logit_scale: torch.Tensor | None,
-    logit_bias: torch.Tensor | None,
-    token_scores: torch.Tensor | None,
-    frame_counts: torch.Tensor | None,
-    budget: int,
-    total_rows: int,
-    temperature: float,
-    min_tokens: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Plan, select and copy: three launches, no host sync (METHOD.md sections 1-4).
+def prune_tokens(a) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``kvtp::prune_tokens_triton``: plan, select and copy, three launches, no host sync (METHOD.md sections 1-4).
 
-    ``frame_counts`` None: exact allocation with K = ``budget`` per video, computed once
-    per video by ``_plan_kernel``. Given: used as is. ``total_rows`` fixes the packed size.
+    ``a``: the op's arguments by name. ``frame_counts`` None: exact allocation with K =
+    ``budget`` per video, computed once per video by ``_plan_kernel``. Given: used as is.
+    ``total_rows`` fixes the packed size.
     """
-    _opchecks.check_prune_tokens(**locals(), data=True)
+    _opchecks.check_prune_tokens(**vars(a), data=True)
+    tokens, token_scores, frame_counts, total_rows = a.tokens, a.token_scores, a.frame_counts, a.total_rows
     B, T, N, D = tokens.shape
     device = tokens.device
     packed = tokens.new_empty((total_rows, D))
@@ -735,7 +703,8 @@ def prune_tokens_triton(
         E, C, frame_inputs, flags = _frame_args(frame_counts, None, None, None, None)
         counts_in = (frame_counts, *frame_counts.stride())
     else:
-        E, C, frame_inputs, flags = _frame_args(scores, frame_embeds, query_embeds, logit_scale, logit_bias)
+        E, C, frame_inputs, flags = _frame_args(a.scores, a.frame_embeds, a.query_embeds, a.logit_scale,
+                                                a.logit_bias)
         counts_in = (counts, 0, 0)
     distinct = token_scores is None
     splits, split_cols, distinct_blocks = _distinct_plan(B, T, N, D, tokens.element_size())
@@ -743,21 +712,21 @@ def prune_tokens_triton(
         partial = torch.empty((B * T * splits, 2 * N + 1), dtype=torch.float64, device=device)
     else:
         splits, partial = 0, counts  # a placeholder
-    sizes = dict(B=B, T=T, N=N, D=D, E=E, C=C, budget=budget, min_tokens=min_tokens, temperature=temperature,
+    sizes = dict(B=B, T=T, N=N, D=D, E=E, C=C, budget=a.budget, min_tokens=a.min_tokens, temperature=a.temperature,
                  ratio_frames=0.0, split_cols=split_cols, splits=max(splits, 1))
     _launch_plan((B + B * T * splits,), counts, frame_cu_seqlens, cu_seqlens, frame_inputs, counts_in,
                  (tokens, *tokens.stride()), partial, sizes,
                  PAPER=False, COUNTS_GIVEN=counts_given, WRITE_OFFSETS=True, DISTINCT=distinct,
-                 **flags, **_frame_blocks(T, E, _embed_size(frame_embeds), distinct), **distinct_blocks)
+                 **flags, **_frame_blocks(T, E, _embed_size(a.frame_embeds), distinct), **distinct_blocks)
 
     # 2. ranks and indices per frame
-    block_n = _pow2(N)
+    block_n = pow2(N)
     compare = _per_thread(_GPU_COMPARE_PER_THREAD, _NUM_WARPS_SELECT)
     score_args = (token_scores, *token_scores.stride()) if token_scores is not None else (tokens, 0, 0, 0)
     torch.library.wrap_triton(_select_kernel)[(B * T,)](
         *score_args, partial, counts, frame_cu_seqlens, indices,
         T, N, total_rows, max(splits, 1),
-        HAS_TOKEN_SCORES=not distinct, BLOCK_N=block_n, CHUNK_N=min(block_n, _fit(compare, block_n, N)),
+        HAS_TOKEN_SCORES=not distinct, BLOCK_N=block_n, CHUNK_N=min(block_n, fit(compare, block_n, N)),
         num_warps=_NUM_WARPS_SELECT,
     )
 

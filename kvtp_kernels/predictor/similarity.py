@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..reference import NORM_EPS
+from .._numerics import frame_logits64
 
 __all__ = ["relevance_logits"]
 
@@ -39,11 +39,5 @@ def relevance_logits(
     Returns:
         float64 [B, T].
     """
-    f = frame_embeds.double()
-    q = query_embeds.double()
-    f = f / f.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
-    q = q / q.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
-    cos = torch.einsum("bce,bte->bct", q, f)  # [B, C, T]
-    scale = _logit_param(logit_scale, f).exp()
-    bias = _logit_param(logit_bias, f)
-    return (scale * cos + bias).amax(dim=1)
+    return frame_logits64(frame_embeds, query_embeds, _logit_param(logit_scale, frame_embeds).exp(),
+                          _logit_param(logit_bias, frame_embeds))

@@ -1,9 +1,10 @@
 // Frame scores -> per-frame keep counts for one video (METHOD.md section 2).
 //
 // Torch-free, raw pointers, float64 throughout; each function handles one video of
-// T frames and is O(T^2) with no allocation beyond the caller's scratch, so a CPU
-// thread or a single GPU thread can run it. kvtp_kernels/reference.py holds the
-// same math vectorised (exact_counts_ref etc.); tests compare both bit for bit.
+// T frames and is O(T^2) with no allocation beyond the caller's scratch. Used by the
+// CPU kernels (prune_cpu.cpp); the GPU path is the Triton kernel, which follows the
+// same steps. kvtp_kernels/reference/ holds the same math vectorised
+// (exact_counts_ref etc.); tests compare all three bit for bit.
 #pragma once
 
 #include "kvtp/common.h"

@@ -1,4 +1,5 @@
-// Torch-free helpers shared by the CPU (.cpp) and CUDA (.cu) kernels.
+// Torch-free helpers of the headers in include/kvtp/ (KVTP_HD: __host__ __device__ under nvcc,
+// for pack.h, whose row body the CPU and CUDA pack_rows kernels share).
 #pragma once
 
 #include <cmath>

@@ -2,7 +2,8 @@
 //
 // Element types are template parameters (float, c10::Half, c10::BFloat16, ...:
 // anything convertible to float/double); strides are in elements. All arithmetic
-// is float64, as in kvtp_kernels/reference.py.
+// is float64, as in kvtp_kernels/reference/. Used by the CPU kernels (prune_cpu.cpp,
+// merge_cpu.cpp); the GPU path is the Triton kernels.
 #pragma once
 
 #include "kvtp/common.h"

@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of every KVTP op.
+"""Pure-PyTorch reference of the pruning and merging ops (METHOD.md sections 1-4).
 
 One ``*_ref`` function per op. Each is at once the test oracle that every faster
 backend (C++ CPU kernel, Triton kernel) is compared against bit for bit, the CPU
@@ -25,12 +25,8 @@ from __future__ import annotations
 
 import torch
 
-#: F.normalize's default epsilon: norms are clamped to at least this value.
-NORM_EPS = 1e-12
-#: Frame probabilities below this count as exactly zero, which keeps every ratio in
-#: the exact allocation (N / (K*p), ...) finite in float64. No frame that could get a
-#: token is affected: K * 1e-200 is far below one token.
-PROB_FLUSH = 1e-200
+from .._numerics import NORM_EPS, PROB_FLUSH, frame_logits64, normalized64, offsets_from_counts
+from .._numerics import rank as rank_ref
 
 
 # ----------------------------------------------------------------------------------
@@ -56,14 +52,9 @@ def frame_scores_ref(
     Returns:
         float64 [B, T]. Norms are clamped at 1e-12 like ``F.normalize``.
     """
-    f = frame_embeds.double()
-    q = query_embeds.double()
-    f = f / f.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
-    q = q / q.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
-    cos = torch.einsum("bce,bte->bct", q, f)  # [B, C, T]
-    scale = _scalar64(logit_scale, f.device).exp()
-    bias = _scalar64(logit_bias, f.device)
-    return (scale * cos + bias).amax(dim=1)
+    device = frame_embeds.device
+    return frame_logits64(frame_embeds, query_embeds, _scalar64(logit_scale, device).exp(),
+                          _scalar64(logit_bias, device))
 
 
 def _scalar64(value: torch.Tensor | float | None, device: torch.device) -> torch.Tensor:
@@ -243,23 +234,6 @@ def distinctiveness_ref(tokens: torch.Tensor) -> torch.Tensor:
     return 1.0 - dot / denom
 
 
-def rank_ref(scores: torch.Tensor) -> torch.Tensor:
-    """Position of each entry when its row is ordered best first (int64, same shape).
-
-    Higher score first, ties to the lower index, NaN below every number (``-inf``
-    included), NaNs among themselves by index: the within-frame order of METHOD.md
-    section 3, used for tokens and for merge neighbours alike.
-    """
-    s = scores.double()
-    nan = torch.isnan(s)
-    key = torch.where(nan, float("-inf"), s)
-    order = torch.sort(key, dim=-1, descending=True, stable=True).indices
-    order = torch.gather(order, -1, torch.sort(torch.gather(nan, -1, order).byte(), dim=-1, stable=True).indices)
-    rank = torch.empty_like(order)
-    rank.scatter_(-1, order, torch.arange(s.shape[-1], device=s.device).expand_as(order))
-    return rank
-
-
 def topk_mask_ref(token_scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Boolean [..., N] mask of the ``counts[...]`` best tokens of each row (order of :func:`rank_ref`)."""
     return rank_ref(token_scores) < counts[..., None].long()
@@ -267,8 +241,7 @@ def topk_mask_ref(token_scores: torch.Tensor, counts: torch.Tensor) -> torch.Ten
 
 def cosine_gram_ref(keys: torch.Tensor) -> torch.Tensor:
     """float64 [..., N, N] cosine similarities of the rows of ``keys`` [..., N, Dk] (norms clamped at 1e-12)."""
-    k = keys.double()
-    k = k / k.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
+    k = normalized64(keys)
     return k @ k.transpose(-1, -2)
 
 
@@ -417,138 +390,3 @@ def prune_tokens_ref(
     packed = tokens.reshape(B * T * N, D).index_select(0, indices)
     counts = counts.to(torch.int32)
     return packed, indices, counts.clone(), *offsets_from_counts(counts)
-
-
-def offsets_from_counts(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Counts [B, T] -> (cu_seqlens int32 [B+1], frame_cu_seqlens int32 [B*T+1]), on device, no sync."""
-    zero = torch.zeros(1, dtype=torch.int32, device=counts.device)
-    cu_seqlens = torch.cat([zero, counts.sum(dim=1).cumsum(0).to(torch.int32)])
-    frame_cu_seqlens = torch.cat([zero, counts.reshape(-1).cumsum(0).to(torch.int32)])
-    return cu_seqlens, frame_cu_seqlens
-
-
-# ----------------------------------------------------------------------------------
-# Section 4 (continued): the LLM input, text with each sample's pruned video spliced
-# in (kvtp_kernels.pack.pack_multimodal). The kernels map every output row back to
-# its source; this reference goes the other way, placing every source at its output
-# row with one scatter, so the two share no index math.
-# ----------------------------------------------------------------------------------
-def pack_multimodal_ref(
-    text_embeds: torch.Tensor,
-    text_mask: torch.Tensor | None,
-    video_mask: torch.Tensor,
-    sample_video: torch.Tensor,
-    video_tokens: torch.Tensor,
-    video_indices: torch.Tensor,
-    video_cu_seqlens: torch.Tensor,
-    video_frame_cu_seqlens: torch.Tensor,
-    newline: torch.Tensor | None,
-    layout: str,
-    grid_width: int | None,
-    tokens_per_frame: int | None,
-    padded: bool,
-    left_padding: bool,
-    length: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Reference of :func:`kvtp_kernels.pack.pack_multimodal` on validated inputs.
-
-    Sample b's sequence: kept text (``text_mask & ~video_mask``) before its
-    placeholder span, the rows of video ``sample_video[b]`` (none for -1) with
-    newlines per ``layout`` ("grid": after each (frame, n // grid_width) group of
-    rows, "frame": after each frame, "video": after the video, "none"), then the
-    kept text after the span.
-
-    Args:
-        text_embeds: [B, L, D]; text_mask: [B, L] or ``None`` (all text);
-        video_mask: [B, L], one contiguous run per sample with a video, none otherwise.
-        sample_video: int64 [B], the video of each sample or -1 (each video once).
-        video_tokens, video_indices, video_cu_seqlens, video_frame_cu_seqlens: the
-            fields of a PrunedTokens of V videos of T frames of N = tokens_per_frame.
-        newline: [D] (unused by layout "none").
-        padded, left_padding: [B, L_out, D] output padded on the left or right,
-            instead of [total, D] rows.
-        length: rows (varlen) or L_out (padded); ``None``: just enough.
-
-    Returns:
-        ``(embeds, cu_seqlens int32 [B + 1], position_ids int64, source_index int64)``
-        as documented by :class:`kvtp_kernels.pack.PackedInputs`.
-    """
-    B, L, D = text_embeds.shape
-    dev = text_embeds.device
-    Kt, V = video_tokens.shape[0], video_cu_seqlens.numel() - 1
-    T = (video_frame_cu_seqlens.numel() - 1) // V if V > 0 else 0
-    vmask = video_mask.bool()
-    kept = ~vmask if text_mask is None else text_mask.bool() & ~vmask
-    video = sample_video.to(device=dev, dtype=torch.int64)
-    has_video = video >= 0
-    cu = video_cu_seqlens.long()
-    fcu = video_frame_cu_seqlens.long()
-    sample_of_video = torch.full((V,), -1, dtype=torch.int64, device=dev)
-    sample_of_video[video[has_video]] = torch.arange(B, device=dev)[has_video]
-    video_of_row = torch.repeat_interleave(torch.arange(V, device=dev), cu.diff(), output_size=Kt)
-    row_in_video = torch.arange(Kt, device=dev) - cu[video_of_row]
-
-    # Offset of every video row and every newline inside its video's block.
-    empty = torch.zeros(0, dtype=torch.int64, device=dev)
-    if layout == "none":
-        row_offset, newline_video, newline_offset = row_in_video, empty, empty
-    elif layout == "video":
-        row_offset, newline_video, newline_offset = row_in_video, torch.arange(V, device=dev), cu.diff()
-    elif layout == "frame":
-        frame_of_row = torch.repeat_interleave(torch.arange(V * T, device=dev), fcu.diff(), output_size=Kt)
-        row_offset = row_in_video + frame_of_row % T  # one newline per earlier frame of the video
-        frames = torch.arange(V * T, device=dev)
-        newline_video = frames // T
-        newline_offset = fcu[frames + 1] - cu[newline_video] + frames % T
-    else:  # grid
-        N, W = tokens_per_frame, grid_width
-        key = video_indices // N * -(-N // W) + video_indices % N // W  # (frame, grid row), ordered
-        ends = torch.ones(Kt, dtype=torch.bool, device=dev)
-        ends[:-1] = key[:-1] != key[1:]
-        newlines_before = ends.long().cumsum(0) - ends.long()
-        row_offset = row_in_video + newlines_before - newlines_before[cu[video_of_row]]
-        newline_video, newline_offset = video_of_row[ends], row_offset[ends] + 1
-    video_len = cu.diff() + torch.bincount(newline_video, minlength=V)
-
-    sample_video_len = torch.where(has_video, video_len[video.clamp(0, max(V - 1, 0))] if V else 0, 0)
-    seq_len = kept.sum(1) + sample_video_len
-    cu_seqlens = torch.cat([seq_len.new_zeros(1), seq_len.cumsum(0)])
-    positions = torch.arange(L, device=dev)
-    span_first = vmask.long().argmax(1)
-    after_span = has_video[:, None] & (positions[None, :] > span_first[:, None])
-    text_before = (kept & ~after_span).sum(1)
-
-    # Every source as (sample, offset in the sample's sequence, source code).
-    text_sample, text_pos = kept.nonzero(as_tuple=True)
-    rank = kept.long().cumsum(1) - 1
-    text_local = rank[text_sample, text_pos] + torch.where(after_span, sample_video_len[:, None], 0)[
-        text_sample, text_pos]
-    row_sample = sample_of_video[video_of_row]
-    newline_sample = sample_of_video[newline_video]
-    sample = torch.cat([text_sample, row_sample, newline_sample])
-    local = torch.cat([text_local, text_before[row_sample] + row_offset,
-                       text_before[newline_sample] + newline_offset])
-    code = torch.cat([text_sample * L + text_pos, B * L + torch.arange(Kt, device=dev),
-                      torch.full_like(newline_sample, B * L + Kt)])
-
-    if padded:
-        L_out = int(seq_len.max()) if length is None else length
-        shift = L_out - seq_len if left_padding else torch.zeros_like(seq_len)
-        dest = sample * L_out + shift[sample] + local
-        rows = B * L_out
-    else:
-        rows = int(cu_seqlens[-1]) if length is None else length
-        dest = cu_seqlens[sample] + local
-    source_index = torch.full((rows,), -1, dtype=torch.int64, device=dev).index_put_((dest,), code)
-    position_ids = torch.zeros(rows, dtype=torch.int64, device=dev).index_put_((dest,), local)
-    table = torch.cat([
-        text_embeds.reshape(B * L, D),
-        video_tokens,
-        (newline if newline is not None else text_embeds.new_zeros(D)).reshape(1, D),
-        text_embeds.new_zeros(1, D),  # padding
-    ])
-    embeds = table[torch.where(source_index < 0, table.shape[0] - 1, source_index)]
-    if padded:
-        embeds, source_index, position_ids = (
-            embeds.view(B, L_out, D), source_index.view(B, L_out), position_ids.view(B, L_out))
-    return embeds, cu_seqlens.to(torch.int32), position_ids, source_index
