@@ -17,12 +17,11 @@ def _logit_param(value: torch.Tensor | float | None, like: torch.Tensor) -> torc
     return torch.tensor(float(value), dtype=torch.float64, device=like.device)
 
 
-def relevance_logits(
-    frame_embeds: torch.Tensor,
-    query_embeds: torch.Tensor,
-    logit_scale: torch.Tensor | float | None = None,
-    logit_bias: torch.Tensor | float | None = None,
-) -> torch.Tensor:
+Param = torch.Tensor | float | None
+
+
+def relevance_logits(frame_embeds: torch.Tensor, query_embeds: torch.Tensor, logit_scale: Param = None,
+                     logit_bias: Param = None) -> torch.Tensor:
     """``s[b, t] = max_c(exp(logit_scale) * cos(q[b, c], f[b, t]) + logit_bias)`` in float64.
 
     The same operations, in the same order, as
