@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import torch
 
-#: dtypes of ``tokens`` the kernels are built for.
-TOKEN_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-#: dtypes of scores, embeddings, weights: floating point the kernels widen to float64.
-SCORE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+from .options import SCORE_DTYPES, TOKEN_DTYPES  # noqa: F401  (the dtypes the kernels take)
+
 INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 INT32_MAX = 2**31 - 1
 #: T*N up to which every count and budget is an exact float64 integer.

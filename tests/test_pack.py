@@ -20,7 +20,7 @@ from kvtp_kernels.pack import LAYOUTS, pack_multimodal, unpack
 pytestmark = pytest.mark.skipif(not ops.HAS_CPP, reason=f"C++ extension missing: {ops.CPP_IMPORT_ERROR}")
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and ops._C.WITH_CUDA else [])
-OUTPUTS = [("varlen", "right"), ("padded", "right"), ("padded", "left")]
+OUTPUT_FORMS = [("varlen", "right"), ("padded", "right"), ("padded", "left")]
 GRID_WIDTH = 3
 
 
@@ -203,7 +203,7 @@ def assert_matches(out, expected):
 # ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("output,padding_side", OUTPUTS, ids=lambda x: x)
+@pytest.mark.parametrize("output,padding_side", OUTPUT_FORMS, ids=lambda x: x)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case", ["B1", "B5"])
 def test_matches_references(case, layout, output, padding_side, dtype, device):
@@ -247,12 +247,12 @@ def test_non_contiguous_inputs(device):
     case["video"] = v._replace(tokens=wide[:, ::2])  # D not unit-stride: copied to be contiguous
     case["newline"] = torch.randn(2 * D).to(torch.bfloat16).to(device)[::2]
     for layout in LAYOUTS:
-        for output, side in OUTPUTS:
+        for output, side in OUTPUT_FORMS:
             assert_matches(run(case, layout, output, side), run_loop_reference(case, layout, output, side))
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("output,padding_side", OUTPUTS, ids=lambda x: x)
+@pytest.mark.parametrize("output,padding_side", OUTPUT_FORMS, ids=lambda x: x)
 def test_given_length(output, padding_side, device):
     """A caller-given length (the no-sync path) gives the same rows, extra rows are zero padding."""
     case = make_case("B5", torch.float32, device)
@@ -372,7 +372,7 @@ def op_arguments(case, layout, output, padding_side):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("output,padding_side", OUTPUTS, ids=lambda x: x)
+@pytest.mark.parametrize("output,padding_side", OUTPUT_FORMS, ids=lambda x: x)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_opcheck(layout, output, padding_side, device):
     plan_args, rows_args = op_arguments(small_case(device), layout, output, padding_side)
@@ -418,7 +418,7 @@ def random_batches(draw):
     counts = torch.tensor([[draw(st.integers(0, N)) for _ in range(T)] for _ in range(V)], dtype=torch.int32)
     return dict(B=B, L=L, T=T, N=N, W=W, text_mask=text_mask, video_mask=video_mask, mapping=mapping,
                 counts=counts.reshape(V, T), layout=draw(st.sampled_from(LAYOUTS)),
-                output=draw(st.sampled_from(OUTPUTS)))
+                output=draw(st.sampled_from(OUTPUT_FORMS)))
 
 
 def _random_batches_test(batch):

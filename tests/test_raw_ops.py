@@ -22,7 +22,7 @@ KEEP = {"cpu": ops.keep_counts, "reference": ops.keep_counts_ref, "triton": ops.
 PRUNE = {"cpu": ops.prune_tokens, "reference": ops.prune_tokens_ref, "triton": ops.prune_tokens_triton}
 MERGE = {"cpu": ops.merge_neighbors, "reference": ops.merge_neighbors_ref, "triton": ops.merge_neighbors_triton}
 TOME = {"batched": ops.tome_merge, "reference": ops.tome_merge_ref}
-BACKENDS = ["cpu", "reference", "triton", "fake"]
+OP_BACKENDS = ["cpu", "reference", "triton", "fake"]
 
 
 def _run(table, backend, *args):
@@ -83,7 +83,7 @@ PRUNE_DATA_CASES = [
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", OP_BACKENDS)
 @pytest.mark.parametrize("over, arg, fragment", PRUNE_CASES)
 def test_prune_tokens_checks_its_arguments(backend, over, arg, fragment):
     with pytest.raises(ValueError, match=re.compile(rf"`({arg})`.*{fragment}", re.S)):
@@ -118,7 +118,7 @@ KEEP_CASES = [
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", OP_BACKENDS)
 @pytest.mark.parametrize("over, arg, fragment", KEEP_CASES)
 def test_keep_counts_checks_its_arguments(backend, over, arg, fragment):
     with _expect(arg, fragment):
@@ -149,7 +149,7 @@ MERGE_DATA_CASES = [
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", OP_BACKENDS)
 @pytest.mark.parametrize("over, arg, fragment", MERGE_CASES)
 def test_merge_neighbors_checks_its_arguments(backend, over, arg, fragment):
     with _expect(arg, fragment):

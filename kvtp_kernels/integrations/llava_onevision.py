@@ -10,60 +10,12 @@ One line keeps ``budget`` of every video's tokens in each ``forward`` and ``gene
     print(model.kvtp_stats.summary())      # tokens and prefill FLOPs before / after
     remove_kvtp(model)                     # the exact original model again
 
-What is patched, and why there
-------------------------------
-Pruning shortens the LLM's sequence, and that length is fixed by ``input_ids``
-before any vision feature exists: ``generate`` builds its attention mask,
-position ids, cache size and stopping lengths from it, and
-``get_placeholder_mask`` checks that features and placeholders have the same
-count. A hook on ``get_video_features`` alone could not shorten the sequence
-without leaving that bookkeeping at the unpruned length (the KV cache would hold
-L' entries while the mask and positions count L). The smallest patch that keeps
-everything consistent is therefore at the two entry points that receive
-``input_ids``: the instance's ``forward`` and ``generate`` are wrapped
-(``functools.wraps``: the signatures that ``generate`` inspects, e.g. for
-``mm_encoder_outputs`` and ``logits_to_keep``, are the originals'). No HF code
-is copied; the wrappers only use the model's own pieces:
-
-1. when video is present (``pixel_values_videos``, or ``mm_encoder_outputs["video"]``),
-   the prompt is embedded with ``get_input_embeddings()`` and the video
-   features come from the model's own ``get_video_features`` (vision tower,
-   projector, bilinear 2x pooling). HF appends one ``image_newline`` per video,
-   hence the default ``layout="video"``; ``layout="grid"`` gives original
-   LLaVA-Video's newline after every grid row that kept a token (grid width
-   sqrt(N)), with the model's ``image_newline`` as the newline embedding;
-2. :func:`~kvtp_kernels.integrations.core.prune_video_inputs` prunes every video
-   (``kvtp_kernels.prune``: K = floor(beta*T*N + 1/2) of its T*N tokens, newline
-   excluded) and splices it into its placeholder span (``pack_multimodal``):
-   the LLM gets K + 1 tokens per video (layout "video");
-3. the original ``forward`` / ``generate`` runs on ``inputs_embeds`` with the new
-   attention mask, without the video pixels. Image inputs (``pixel_values``) are
-   passed through untouched: the original code fills the image placeholders,
-   which are copied bit for bit and found by their embedding, as HF does for
-   ``inputs_embeds`` input. Samples without a video keep their text; a batch
-   without any video goes straight to the original methods.
-
-Consistency of ``generate`` and the KV cache: the pruned prompt is left-padded
-(what decoder-only generation needs) and handed to the original ``generate`` as
-``inputs_embeds`` + ``attention_mask``, so the mask, the position ids (the
-attention mask's cumulative sum, as ``generate`` computes them), the cache and
-every decoding step are built from the pruned length by HF itself. HF returns
-only the new tokens for ``inputs_embeds`` input; the wrapper prepends the prompt
-ids, so ``generate`` returns what the unpatched model returns (prompt ids + new
-tokens; in ``return_dict_in_generate`` outputs the ``sequences`` field).
-``max_length`` / ``min_length`` keep counting the original prompt (they are turned
-into ``max_new_tokens`` / ``min_new_tokens``). Differences that remain: a
-``streamer`` receives only the new tokens, and the returned ``past_key_values``
-hold the pruned prompt.
-
-``forward`` returns logits over the pruned sequence ([B, L', vocab]; the last
-position is still the last prompt token, for either padding side). ``labels``
-move with their text rows (-100 on video and newline rows). ``position_ids``:
-None stays None (the model's default, as unpatched); given ones are renumbered
-over the pruned sequence from each sample's first position.
-The output's video features are the kept video tokens [sum K, D]: ``outputs.video_hidden_states``
-up to transformers 5.23, ``outputs.video_outputs.pooler_output`` from 5.24
-(``kvtp_kernels.integrations._compat.video_features_of(outputs)`` reads either).
+What is patched: the instance's ``forward`` and ``generate`` (the two entry points
+that receive ``input_ids``, whose length fixes the mask, positions and cache), which
+embed the prompt, prune every video with
+:func:`~kvtp_kernels.integrations.core.prune_video_inputs` and run the original
+methods on ``inputs_embeds``. Why there, how ``generate`` and the KV cache stay
+consistent, and what ``forward`` returns: ``docs/llava_onevision.md``.
 
 Frame scores and token importance
 ---------------------------------

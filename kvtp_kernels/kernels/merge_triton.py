@@ -2,7 +2,7 @@
 
 For every kept token i (a row of ``indices``) the ``num_neighbors`` = M most similar OTHER
 tokens j of its frame (cosine of ``merge_keys``; higher first, ties to the lower index, NaN
-last: the order of ``reference.rank_ref``) are folded into it:
+last: the order of ``_numerics.rank``) are folded into it:
 
 - ``mean=False`` (the authors' merge): ``y_i = x_i + sum_j a_j x_j``;
 - ``mean=True``: ``y_i = x_i + sum_j (a_j / W) (x_j - x_i)``, ``W = a_i + sum_j a_j``, and
@@ -24,7 +24,7 @@ A. ``_merge_select_kernel``, grid ``(B*T, P)``: program ``(f, p)`` takes the blo
       m8n8k4.f64`` on sm_80+), and the frame's squared key norms in the same pass, then
       ``cos = dot / (max(|k_i|, 1e-12) * max(|k_j|, 1e-12))``;
    3. selects the M neighbours of each row without sorting: every cosine becomes an
-      unsigned 64-bit key that orders like ``rank_ref`` (NaN just above the excluded self
+      unsigned 64-bit key that orders like ``_numerics.rank`` (NaN just above the excluded self
       and padding lanes), a 64-step MSB-first bisection finds each row's M-th largest key
       v* (the interpreter decides RADIX_BITS bits per step), and the neighbours are the
       keys > v* plus the lowest-index keys == v* up to M (an exclusive ``tl.cumsum`` of
@@ -63,16 +63,8 @@ frame is not needed). Rows whose index lies outside ``[0, B*T*N)`` are left unwr
 rows of a frame that is not contiguous in ``indices`` get unspecified values; nothing is
 read out of bounds (neighbour tokens are checked against ``[0, N)``).
 
-Cost, modelled (not measured), at the headline (B=1, T=64, N=196, D=Dk=3584 bf16,
-beta=0.2: R=2509 rows, M=32) on an H100 SXM. A: ~200 blocks of 16 x 256 (N padded) x
-3584 float64 MACs (6.4 GFLOP; the unpadded R x N x Dk is 3.5) on the DMMA units, ~58 us
-per block at an SM's share of the 67 TFLOPS peak, plus ~20 us of selection (64
-bisection steps and M list steps, each a cross-warp count); one CTA per SM, two waves:
-~0.16 ms. Each block reads its frame's keys (1.4 MB) once from L2 (0.3 GB in all).
-B: R x M x D x 2 = 575 MB of neighbour rows, but a CTA's 8 rows touch at most
-min(8 M, N) = 196 distinct rows of their frame per column tile, so ~0.23 GB come from
-L2 (~42 us at ~5.5 TB/s) and the rest hits L1. Total ~0.2 ms, bounded by A's float64
-cosines; the selection is still CTA-wide (its counts reduce across the 16 warps).
+Cost at the headline, worked by hand: bench/README.md ("PruMerge's cost, by hand"); the
+kernel report (``python -m bench.kernel_report``) models it from the compiled kernels.
 
 Inputs are loaded only in the kernel body (helpers get values), so torch.compile's
 mutation analysis of user kernels sees only the outputs and workspaces as written (see
@@ -235,7 +227,7 @@ def _merge_select_kernel(
         cos = dots / (norm_i[:, None] * norm[None, :])
 
         # ---- 3. the M best other tokens of each row ----
-        # Unsigned keys in the order of rank_ref: a float's bits with the sign bit set
+        # Unsigned keys in the order of _numerics.rank: a float's bits with the sign bit set
         # (>= 0) or all bits flipped (< 0) compare like the float; NaN -> 1, below -inf;
         # self and padding -> 0, below everything. (-0.0 would sort below +0.0, but no
         # cosine is -0.0: the dot accumulates onto +0.0, and +0.0 + -0.0 = +0.0.)
