@@ -69,10 +69,6 @@ def _check_tensor(arg: str, t: object, *, shape: tuple, device: torch.device | N
         _fail(arg, f"on {device} (the device of `tokens`)", _describe(t))
 
 
-def _check_number(arg: str, value: object, **bounds):
-    return options.check_number(_fail, arg, value, **bounds)
-
-
 def resolve_budget(budget: object, num_frames: int, num_tokens: int, min_tokens: int) -> tuple[int, float]:
     """Budget -> (K tokens per video, ratio beta).
 
@@ -238,7 +234,7 @@ def keep_counts(
     if B == 0 or T == 0:
         _fail("scores", "non-empty (B > 0, T > 0)", _describe(scores))
     _check_tensor("scores", s, shape=(B, T), device=None)
-    num_tokens = _check_number("num_tokens", num_tokens, lo=1, integer=True)
+    num_tokens = options.check_number(_fail, "num_tokens", num_tokens, lo=1, integer=True)
     _check_count_bounds(T, num_tokens)
     temperature, m = _check_common(temperature, allocation, min_tokens_per_frame, num_tokens)
     K, ratio = resolve_budget(budget, T, num_tokens, m)
