@@ -63,8 +63,14 @@ def offsets_from_counts(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 # ----------------------------------------------------------------------------------
-# Tile sizes of the Triton launchers (plain integers: no triton import needed)
+# Tile sizes of the Triton launchers (plain integers: no triton import needed, and
+# ~1.5 us a call cheaper than triton.cdiv / triton.next_power_of_2 on the host)
 # ----------------------------------------------------------------------------------
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for ``b > 0``, like ``triton.cdiv``."""
+    return -(-int(a) // int(b))
+
+
 def next_pow2(n: int) -> int:
     """Smallest power of two >= n (1 for n <= 1), like ``triton.next_power_of_2``."""
     return 1 << max(int(n) - 1, 0).bit_length()
@@ -78,3 +84,8 @@ def pow2(n: int, lo: int = 16) -> int:
 def fit(budget: int, block: int, size: int, lo: int = 1) -> int:
     """Largest power of two <= ``budget // block`` (at least ``lo``), capped at ``size``'s block."""
     return max(lo, min(pow2(size, lo=1), next_pow2(max(budget // block, 1) + 1) // 2))
+
+
+def least_padding_width(D: int, widths) -> int:
+    """The width in ``widths`` that pads ``D`` columns the least (ties: the wider), capped at D's block."""
+    return min(min(widths, key=lambda w: (cdiv(D, w) * w, -w)), pow2(D, lo=1))

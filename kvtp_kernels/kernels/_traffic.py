@@ -48,7 +48,3 @@ class Traffic:
     def moved(self) -> int:
         """DRAM bytes read and written."""
         return self.read + self.written
-
-
-def cdiv(a: int, b: int) -> int:
-    return -(-int(a) // int(b))

@@ -71,17 +71,14 @@ mutation analysis of user kernels sees only the outputs and workspaces as writte
 :mod:`kvtp_kernels.kernels.prune_triton`). Offsets are int64.
 """
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from .. import _opchecks
-from .._numerics import NORM_EPS, fit, pow2
+from .._numerics import cdiv, fit, pow2
 from . import _traffic
-
-_NORM_EPS = tl.constexpr(NORM_EPS)
+from ._common import _INTERPRETER_TILE, _INTERPRETING, _NORM_EPS, _widen, copy_tile
 
 # Register tiles of the select kernel on a GPU, in elements per thread (x 32 x num_warps =
 # elements per tile). 16 warps, one CTA per SM: the [ROWS, BLOCK_N] float64 tiles of steps
@@ -118,25 +115,8 @@ _TRITON_BEFORE_3_7 = tuple(int(x) for x in triton.__version__.split(".")[:2]) < 
 _NUM_WARPS_ROWS = 4
 _GPU_ROWS_PER_CTA = 8
 _GPU_ROWS_LANE_DIVISOR = 1
-# Under TRITON_INTERPRET=1 every Triton op costs ~0.1-1 ms of Python whatever its size, so
-# the interpreter runs the same kernel with much bigger tiles (all rows of a frame in one
-# program; tests/test_merge_triton.py also runs the GPU sizes). Read once, like Triton.
-_INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
-_INTERPRETER_TILE = 1 << 17
-
-
-@triton.jit
-def _widen(x, F64: tl.constexpr):
-    """float32 (F64 False) or float64 copy of a loaded tile of any float dtype."""
-    if x.dtype == tl.bfloat16:
-        # bf16 is the high half of an fp32: the shift is the exact conversion (one
-        # instruction, like cvt.f32.bf16); the interpreter's generic bf16 path is ~50x slower
-        x = (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
-    if F64:
-        wide = x.to(tl.float64)
-    else:
-        wide = x.to(tl.float32)
-    return wide  # one return: the compiler (not the interpreter) rejects returns of two types
+# Under TRITON_INTERPRET=1 (``_INTERPRETING``) the same kernels run with much bigger
+# tiles: all rows of a frame in one program (see kernels/_common.py).
 
 
 @triton.jit
@@ -432,13 +412,10 @@ def _rows_blocks(R: int, D: int, element_size: int) -> dict:
 
     BLOCK_D: 32 lanes x 16 bytes, halved while that pads D less (D = 3584 bf16: 256).
     """
-    if _INTERPRETING:
-        block_d = pow2(D, lo=1)
-        return dict(ROWS=fit(_INTERPRETER_TILE, block_d, R), BLOCK_D=block_d)
     widest = max(1, 32 * 16 // element_size // _GPU_ROWS_LANE_DIVISOR)
     widths = [widest >> k for k in range(4) if widest >> k >= 1]
-    block_d = min(widths, key=lambda w: (triton.cdiv(D, w) * w, -w))
-    return dict(ROWS=_GPU_ROWS_PER_CTA, BLOCK_D=min(block_d, pow2(D, lo=1)))
+    rows, block_d = copy_tile(R, D, widths, lambda w: _GPU_ROWS_PER_CTA, _INTERPRETING)
+    return dict(ROWS=rows, BLOCK_D=block_d)
 
 
 def merge_neighbors(a) -> torch.Tensor:
@@ -478,7 +455,7 @@ def merge_neighbors(a) -> torch.Tensor:
         # range from 0 to N per frame, and a frame keeping N rows would otherwise run its
         # blocks one after the other (at 16 x 256 x 3584 float64 MACs, ~58 us each at an
         # SM's share of the DMMA peak). Programs past their frame's rows stop after the search.
-        grid = (B * T, triton.cdiv(N, blocks["ROWS"]))
+        grid = (B * T, cdiv(N, blocks["ROWS"]))
         torch.library.wrap_triton(_merge_select_kernel)[grid](
             merge_keys, *merge_keys.stride(),
             weights, *weights.stride(),
@@ -490,7 +467,7 @@ def merge_neighbors(a) -> torch.Tensor:
         )
     # 2. the merged rows, a warp per row, spread over the whole GPU
     blocks = _rows_blocks(R, D, tokens.element_size())
-    grid = (triton.cdiv(R, blocks["ROWS"]), triton.cdiv(D, blocks["BLOCK_D"]))
+    grid = (cdiv(R, blocks["ROWS"]), cdiv(D, blocks["BLOCK_D"]))
     torch.library.wrap_triton(_merge_rows_kernel)[grid](
         tokens, *tokens.stride(),
         indices, indices.stride(0),
@@ -510,7 +487,7 @@ def _search_steps(R: int, search: int) -> int:
     """Loop trips of step 1's row-range search (each one dependent round trip)."""
     steps, width = 0, R
     while width > 0:
-        width = _traffic.cdiv(width, search) - 1
+        width = cdiv(width, search) - 1
         steps += 1
     return steps
 
@@ -530,12 +507,12 @@ def _select_traffic(v: dict, grid: tuple) -> _traffic.Traffic:
     frames, programs = int(grid[0]), int(grid[0]) * int(grid[1])
     N, Dk, R, M, rows = v["N"], v["Dk"], v["R"], v["num_neighbors"], v["ROWS"]
     ks, ws = v["keys_ptr"].element_size(), v["weights_ptr"].element_size()
-    blocks = min(programs, _traffic.cdiv(R, rows) + frames * (rows - 1) // (2 * rows))
+    blocks = min(programs, cdiv(R, rows) + frames * (rows - 1) // (2 * rows))
     steps = _search_steps(R, v["SEARCH"])
     keys = frames * N * Dk * ks
     read = keys + R * 8 + min(R * M, frames * N) * ws
     l2 = blocks * (N + rows) * Dk * ks - keys + programs * steps * 2 * v["SEARCH"] * 8
-    dk = _traffic.cdiv(Dk, v["BLOCK_K"]) * v["BLOCK_K"]
+    dk = cdiv(Dk, v["BLOCK_K"]) * v["BLOCK_K"]
     return _traffic.Traffic(read=read, written=R * M * (4 + v["coefs_ptr"].element_size()) + R * 4,
                             l2_read=max(l2, 0), prologue_trips=steps + 2,
                             fp64=2.0 * blocks * v["BLOCK_N"] * Dk + 4.0 * blocks * rows * v["BLOCK_N"],

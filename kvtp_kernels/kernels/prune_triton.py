@@ -43,7 +43,6 @@ address back through every argument of a called function, and would otherwise th
 input is written and clone it.
 """
 
-import os
 import struct
 
 import torch
@@ -52,20 +51,14 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from .. import _opchecks
-from .._numerics import NORM_EPS, PROB_FLUSH, fit, pow2
+from .._numerics import PROB_FLUSH, cdiv, fit, next_pow2, pow2
 from . import _traffic
+from ._common import _INTERPRETER_TILE, _INTERPRETING, _NORM_EPS, _widen, copy_tile
 
-# Kernels may read module globals only as constexprs. Both are float64 values, so they
-# enter the kernels through tl.full(..., tl.float64) (a bare float literal is fp32).
-_NORM_EPS = tl.constexpr(NORM_EPS)
+# Kernels may read module globals only as constexprs. A float64 value: it enters the
+# kernels through tl.full(..., tl.float64) (a bare float literal is fp32).
 _PROB_FLUSH = tl.constexpr(PROB_FLUSH)
 
-# Under TRITON_INTERPRET=1 every Triton op costs ~0.1-1 ms of Python whatever its size,
-# so the interpreter runs the same kernels with much bigger tiles (fewer loop trips, same
-# code; tests/test_prune_triton.py also runs them at the GPU sizes). Read once, like
-# Triton itself, which picks the interpreter when it decorates the kernels.
-_INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
-_INTERPRETER_TILE = 1 << 17
 # The interpreter has no libdevice; numpy rounds every product anyway.
 _EXPLICIT_RN = tl.constexpr(not _INTERPRETING)
 
@@ -96,7 +89,7 @@ _LONG_VIDEO = 512
 
 
 def _plan_warps(T: int) -> int:
-    return _NUM_WARPS_PLAN_LONG if triton.next_power_of_2(T) >= _LONG_VIDEO else _NUM_WARPS_PLAN
+    return _NUM_WARPS_PLAN_LONG if next_pow2(T) >= _LONG_VIDEO else _NUM_WARPS_PLAN
 _NUM_WARPS_SELECT = 4
 _NUM_WARPS_COPY = 4
 
@@ -127,16 +120,6 @@ def _mul_rn(a, b):
     else:
         product = a * b
     return product
-
-
-@triton.jit
-def _widen(x):
-    """float64 copy of a loaded tile of any float dtype."""
-    if x.dtype == tl.bfloat16:
-        # bf16 is the high half of an fp32: the shift is the exact conversion (one
-        # instruction, like cvt.f32.bf16); the interpreter's generic bf16 path is ~50x slower
-        x = (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
-    return x.to(tl.float64)
 
 
 # ----------------------------------------------------------------------------------
@@ -188,8 +171,8 @@ def _frame_logits(
                                mask=valid_t[:, None] & (offs_e < E)[None, :], other=0.0)
             q_ahead2 = tl.load(q_row + offs_e.to(tl.int64) * stride_qe, mask=offs_e < E, other=0.0)
             for e0 in range(0, E, BLOCK_E):
-                f = _widen(f_ahead1)  # [BLOCK_T, BLOCK_E]
-                q = _widen(q_ahead1)  # [BLOCK_E]
+                f = _widen(f_ahead1, True)  # [BLOCK_T, BLOCK_E]
+                q = _widen(q_ahead1, True)  # [BLOCK_E]
                 f_ahead1 = f_ahead2
                 q_ahead1 = q_ahead2
                 offs_e = e0 + 2 * BLOCK_E + tl.arange(0, BLOCK_E)
@@ -439,7 +422,7 @@ def _plan_kernel(
         x_ahead2 = tl.load(rows + cols.to(tl.int64)[None, :] * stride_td,
                            mask=valid_n[:, None] & (cols < d_hi)[None, :], other=zero)
         for d0 in range(d_lo, d_hi, BLOCK_D):
-            x = _widen(x_ahead1)
+            x = _widen(x_ahead1, True)
             x_ahead1 = x_ahead2
             cols = d0 + 2 * BLOCK_D + tl.arange(0, BLOCK_D)
             x_ahead2 = tl.load(rows + cols.to(tl.int64)[None, :] * stride_td,
@@ -605,14 +588,14 @@ def _distinct_plan(B: int, T: int, N: int, D: int, element_size: int) -> tuple[i
     block_n = pow2(N)
     block_d = fit(_per_thread(_GPU_DISTINCT_PER_THREAD, _plan_warps(T)), block_n, D)
     vec = max(1, min(block_d, 16 // element_size))
-    chunks = triton.cdiv(D, block_d)
+    chunks = cdiv(D, block_d)
     splits = 1
     if not _INTERPRETING:
         frames = B * T
         splits = min(range(1, min(chunks, _GPU_MAX_SPLITS) + 1),
-                     key=lambda s: triton.cdiv(frames * s, _GPU_DISTINCT_SLOTS) * (triton.cdiv(chunks, s) + 2))
-    split_cols = triton.cdiv(chunks, splits) * block_d
-    return triton.cdiv(D, split_cols), split_cols, dict(BLOCK_N=block_n, BLOCK_D=block_d, VEC=vec)
+                     key=lambda s: cdiv(frames * s, _GPU_DISTINCT_SLOTS) * (cdiv(chunks, s) + 2))
+    split_cols = cdiv(chunks, splits) * block_d
+    return cdiv(D, split_cols), split_cols, dict(BLOCK_N=block_n, BLOCK_D=block_d, VEC=vec)
 
 
 def _copy_blocks(total_rows: int, D: int, element_size: int) -> dict:
@@ -621,14 +604,11 @@ def _copy_blocks(total_rows: int, D: int, element_size: int) -> dict:
     BLOCK_DC is the power of two (64 B to 2 KB of a row) that pads D the least (ties: the
     wider), so that no column of a row is masked when D allows it (D = 3584: 512).
     """
-    if _INTERPRETING:
-        block_dc = pow2(D, lo=1)
-        return dict(ROWS=fit(_INTERPRETER_TILE, block_dc, total_rows), BLOCK_DC=block_dc)
     tile = _GPU_COPY_BYTES_PER_THREAD * 32 * _NUM_WARPS_COPY // element_size
     widths = [w for w in (1 << k for k in range(12)) if 64 <= w * element_size <= 2048] or [1]
-    block_dc = min(widths, key=lambda w: (triton.cdiv(D, w) * w, -w))
-    block_dc = min(block_dc, pow2(D, lo=1))
-    return dict(ROWS=max(1, min(tile // block_dc, pow2(total_rows, lo=1))), BLOCK_DC=block_dc)
+    rows, block_dc = copy_tile(total_rows, D, widths, lambda w: max(1, min(tile // w, pow2(total_rows, lo=1))),
+                               _INTERPRETING)
+    return dict(ROWS=rows, BLOCK_DC=block_dc)
 
 
 def _embed_size(frame_embeds: torch.Tensor | None) -> int:
@@ -735,7 +715,7 @@ def prune_tokens(a) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Ten
         stride_tb, stride_tt, stride_tn, _ = tokens.stride()
         flat_rows = (T == 1 or stride_tt == N * stride_tn) and (B == 1 or stride_tb == T * N * stride_tn)
         blocks = _copy_blocks(total_rows, D, tokens.element_size())
-        grid = (triton.cdiv(total_rows, blocks["ROWS"]), triton.cdiv(D, blocks["BLOCK_DC"]))
+        grid = (cdiv(total_rows, blocks["ROWS"]), cdiv(D, blocks["BLOCK_DC"]))
         torch.library.wrap_triton(_copy_rows_kernel)[grid](
             tokens, *tokens.stride(), indices, packed,
             T, N, D, B * T * N, total_rows,
@@ -779,7 +759,7 @@ def _plan_traffic(v: dict, grid: tuple) -> _traffic.Traffic:
         es = v["counts_in_ptr"].element_size()
         per_video = T * es + ((B - 1) * T * es if v["WRITE_OFFSETS"] else 0)
         total = B * T * es + ((B * (B - 1) // 2) * T * es if v["WRITE_OFFSETS"] else 0)
-        trips = 1 + (_traffic.cdiv((B - 1) * T, v["BLOCK_F"]) if v["WRITE_OFFSETS"] else 0)
+        trips = 1 + (cdiv((B - 1) * T, v["BLOCK_F"]) if v["WRITE_OFFSETS"] else 0)
         unique = B * T * es
     elif v["FROM_EMBEDS"]:
         E, C = v["E"], v["C"]
