@@ -47,6 +47,7 @@ so no Python function restates a signature.
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 import types
@@ -118,8 +119,9 @@ class OpSpec:
     backends: dict = field(default_factory=dict)
     autograd: Callable | None = None
 
-    @property
+    @functools.cached_property
     def arg_names(self) -> tuple[str, ...]:
+        """The argument names of ``schema`` (parsed once)."""
         args = self.schema[1:self.schema.index(") ->")]
         return tuple(re.split(r"\s+", a.strip())[-1] for a in args.split(","))
 
