@@ -16,6 +16,10 @@ NORM_EPS = 1e-12
 #: the exact allocation (N / (K*p), ...) finite in float64. No frame that could get a
 #: token is affected: K * 1e-200 is far below one token.
 PROB_FLUSH = 1e-200
+#: The largest int32: keep counts and every offset (cu_seqlens, packed lengths) are int32.
+INT32_MAX = 2**31 - 1
+#: Integers up to this are exact in float64: T*N up to it keeps every count and budget exact.
+FLOAT64_EXACT = 2**53
 
 
 def normalized64(x: torch.Tensor) -> torch.Tensor:

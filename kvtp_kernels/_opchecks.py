@@ -18,18 +18,19 @@ Each failure is a ``ValueError``: ``kvtp::OP: `arg` must be EXPECTED; got ACTUAL
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import torch
 
-from .options import SCORE_DTYPES, TOKEN_DTYPES  # noqa: F401  (the dtypes the kernels take)
+from ._errors import fail
+from ._numerics import FLOAT64_EXACT, INT32_MAX
+from .options import SCORE_DTYPES, TOKEN_DTYPES
 
 INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
-INT32_MAX = 2**31 - 1
-#: T*N up to which every count and budget is an exact float64 integer.
-FLOAT64_EXACT = 2**53
 
 
-def _fail(op: str, arg: str, expected: str, got: object) -> None:
-    raise ValueError(f"kvtp::{op}: `{arg}` must be {expected}; got {got}")
+def _fail(op: str, arg: str, expected: str, got: object) -> NoReturn:
+    fail(f"kvtp::{op}", arg, expected, got)
 
 
 def _desc(t: object) -> str:
@@ -159,13 +160,6 @@ def check_tome_merge(tokens, merge_keys, counts, total_rows, data: bool = False)
         check_counts_data(op, "counts", counts, N, total_rows)
 
 
-def _host_readable(t: torch.Tensor) -> bool:
-    """A real CPU tensor outside tracing: reading it costs no sync."""
-    from torch._subclasses.fake_tensor import is_fake
-
-    return t.device.type == "cpu" and not is_fake(t) and not torch.compiler.is_compiling()
-
-
 def _tracing(t: torch.Tensor) -> bool:
     from torch._subclasses.fake_tensor import is_fake
 
@@ -179,7 +173,7 @@ def check_counts_data(op: str, arg: str, counts: torch.Tensor, num_tokens: int, 
         return
     lo_ok = (counts >= 0).all() & (counts <= num_tokens).all()
     total = counts.sum(dtype=torch.int64)
-    if _host_readable(counts):
+    if counts.device.type == "cpu":  # a real CPU tensor (not tracing): reading it costs no sync
         if not bool(lo_ok):
             _fail(op, arg, f"in [0, N] = [0, {num_tokens}]", f"min {int(counts.min())}, max {int(counts.max())}")
         if int(total) != total_rows:
@@ -196,7 +190,7 @@ def check_indices_data(op: str, indices: torch.Tensor, num_rows: int, num_tokens
     frame = torch.div(indices, num_tokens, rounding_mode="floor")
     range_ok = ((indices >= 0) & (indices < num_rows)).all()
     order_ok = (frame[1:] >= frame[:-1]).all()
-    if _host_readable(indices):
+    if indices.device.type == "cpu":  # as in check_counts_data
         if not bool(range_ok):
             _fail(op, "indices", f"in [0, B*T*N) = [0, {num_rows})",
                   f"min {int(indices.min())}, max {int(indices.max())}")

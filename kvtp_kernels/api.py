@@ -21,10 +21,8 @@ import torch
 from . import ops, options
 from ._errors import as_int, fail
 from ._errors import describe as _describe
-from ._numerics import offsets_from_counts
-from .options import ALLOCATIONS, BACKENDS, MERGES, METHODS, SCORE_DTYPES, TOKEN_DTYPES  # noqa: F401  (re-exported)
-
-_INT32_MAX = 2**31 - 1
+from ._numerics import FLOAT64_EXACT, INT32_MAX, offsets_from_counts
+from .options import ALLOCATIONS, BACKENDS, MERGES, METHODS, SCORE_DTYPES, TOKEN_DTYPES
 
 
 class PrunedTokens(NamedTuple):
@@ -167,9 +165,9 @@ def select_backend(backend: str | None, device: torch.device) -> str:
 
 def _check_count_bounds(T, N) -> None:
     """Counts are int32 and every count, share and budget is an exact float64 integer."""
-    if N > _INT32_MAX:
-        _fail("num_tokens", f"<= 2**31 - 1 = {_INT32_MAX} (per-frame counts are int32)", repr(N))
-    if T * N > 2**53:
+    if N > INT32_MAX:
+        _fail("num_tokens", f"<= 2**31 - 1 = {INT32_MAX} (per-frame counts are int32)", repr(N))
+    if T * N > FLOAT64_EXACT:
         _fail("num_tokens", f"such that T*N <= 2**53 (exact float64 counts; T = {T})", repr(N))
 
 
@@ -355,8 +353,8 @@ def _check_prune(tokens, scores, budget, token_scores, temperature, allocation, 
     _check_count_bounds(T, N)
     temperature, m = _check_common(temperature, allocation, min_tokens_per_frame, N)
     K, ratio = resolve_budget(budget, T, N, m)
-    if B * K > _INT32_MAX:
-        _fail("budget", f"such that B*K fits int32 cu_seqlens (<= {_INT32_MAX})", f"B*K = {B * K}")
+    if B * K > INT32_MAX:
+        _fail("budget", f"such that B*K fits int32 cu_seqlens (<= {INT32_MAX})", f"B*K = {B * K}")
     keys, n_neighbors, generator = _check_method(method, ts, batch("merge_keys", merge_keys), merge, num_neighbors,
                                                  generator, B, T, N, device)
     backend = select_backend(backend, device)

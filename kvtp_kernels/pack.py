@@ -41,12 +41,12 @@ import torch
 
 from . import ops
 from ._errors import as_int
+from ._numerics import INT32_MAX
 from .api import PrunedTokens, _describe, _fail
 from .options import LAYOUTS, OUTPUTS, PADDING_SIDES, check_choice
 
 #: Error codes of the plan's summary (csrc/pack_ops.cpp).
 _VIDEO_WITHOUT_SPAN, _SPAN_WITHOUT_VIDEO, _SPAN_NOT_CONTIGUOUS, _SPAN_OUTSIDE_TEXT = 1, 2, 3, 4
-_INT32_MAX = 2**31 - 1
 _INT_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
@@ -423,8 +423,8 @@ def _output_length(summary, src, video, padded, length, device) -> tuple[int, in
             _raise_for_video(flags, video)
         if bad_sample >= 0:
             _raise_for_sample(bad_sample, code, src.mapping)
-        if total > _INT32_MAX:
-            _fail("text_embeds", f"a batch whose packed length fits int32 cu_seqlens (<= {_INT32_MAX})",
+        if total > INT32_MAX:
+            _fail("text_embeds", f"a batch whose packed length fits int32 cu_seqlens (<= {INT32_MAX})",
                   f"{total} rows")
         needed = longest if padded else total
         if length is None:

@@ -7,7 +7,6 @@ of section 4). Production code does not import this package except for
 numerics they share with the other backends live in :mod:`kvtp_kernels._numerics`.
 """
 
-from .._numerics import NORM_EPS, PROB_FLUSH, offsets_from_counts
 from .pack import pack_multimodal_ref
 from .prune import (
     cosine_gram_ref,
@@ -26,7 +25,7 @@ from .prune import (
 )
 
 __all__ = [
-    "NORM_EPS", "PROB_FLUSH", "cosine_gram_ref", "distinctiveness_ref", "exact_counts_ref", "frame_probs_ref",
-    "frame_scores_ref", "keep_counts_ref", "largest_remainder_ref", "offsets_from_counts", "pack_multimodal_ref",
-    "paper_counts_ref", "prumerge_ref", "prune_tokens_ref", "rank_ref", "tome_ref", "topk_mask_ref",
+    "cosine_gram_ref", "distinctiveness_ref", "exact_counts_ref", "frame_probs_ref", "frame_scores_ref",
+    "keep_counts_ref", "largest_remainder_ref", "pack_multimodal_ref", "paper_counts_ref", "prumerge_ref",
+    "prune_tokens_ref", "rank_ref", "tome_ref", "topk_mask_ref",
 ]
