@@ -299,7 +299,7 @@ def pack_multimodal(
     """
     newline, grid_width, tokens_per_frame, length = _check_arguments(
         text_embeds, text_mask, layout, output, padding_side, newline, grid_width, tokens_per_frame, length)
-    src = _video_sources(text_embeds, video_mask, video, sample_to_video, layout, tokens_per_frame)
+    src = _video_sources(text_embeds, video_mask, video, sample_to_video, layout, tokens_per_frame, length)
     text_embeds, video_tokens = _unit_stride(text_embeds), _unit_stride(src.tokens)
     plan = ops.PACK_PLAN(
         text_mask=text_mask, video_mask=src.video_mask, sample_video=src.sample_video, video_cu_seqlens=src.cu,
@@ -372,11 +372,13 @@ class _VideoSources(NamedTuple):
     flags: torch.Tensor | None  # consistency flags of `video` still to be read with the summary
 
 
-def _video_sources(text_embeds, video_mask, video, sample_to_video, layout, tokens_per_frame) -> _VideoSources:
+def _video_sources(text_embeds, video_mask, video, sample_to_video, layout, tokens_per_frame,
+                   length) -> _VideoSources:
     """Checks ``video``, ``video_mask`` and ``sample_to_video``; -> the plan's video inputs.
 
     The consistency flags of ``video`` are read here on CPU (free, before the plan);
-    elsewhere they are returned, to be read with the plan's summary.
+    elsewhere they are returned, to be read with the plan's summary, and not computed
+    at all when the summary is not read (``length`` given: see :func:`_output_length`).
     """
     B, L, D = text_embeds.shape
     device = text_embeds.device
@@ -399,9 +401,10 @@ def _video_sources(text_embeds, video_mask, video, sample_to_video, layout, toke
         else:
             sample_video = sample_video.to(device)
     flags = None
-    if video is not None:
+    free = device.type == "cpu" and not torch.compiler.is_compiling()
+    if video is not None and (free or length is None):
         flags = _video_flags(video, V, num_frames, tokens_per_frame if layout == "grid" else None)
-        if device.type == "cpu" and not torch.compiler.is_compiling():  # free to read: before the plan
+        if free:  # free to read: before the plan
             read = flags.tolist()
             if not all(read):
                 _raise_for_video(read, video)
