@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..integrations._compat import require_transformers
+from ..options import check_device
 from .errors import EvalError
 
 __all__ = [
@@ -37,15 +38,7 @@ def _require_transformers():
 
 def resolve_device(device: str | None) -> torch.device:
     """None / "auto" -> cuda when available, else cpu."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise EvalError(f"--device must be auto, cpu, cuda or cuda:N; got {device!r}") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise EvalError(f"--device {device}: torch sees no CUDA device")
-    return resolved
+    return check_device(EvalError, device, auto=(None, "auto"), expected="auto, cpu, cuda or cuda:N")
 
 
 def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
