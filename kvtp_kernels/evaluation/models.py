@@ -132,11 +132,9 @@ class VideoModel:
         return num_frames * self.tokens_per_frame + 1
 
     def pixel_values(self, videos: Sequence[torch.Tensor]) -> torch.Tensor:
-        """V uint8 [T, H, W, 3] videos of one length -> [V, T, 3, S, S] on the model's device and dtype."""
-        from ..integrations import video_pixel_values
-
-        pixels = [video_pixel_values(v, self.image_size, self.pixel_mean, self.pixel_std) for v in videos]
-        return torch.stack(pixels).to(device=self.device, dtype=self.dtype)
+        """V uint8 [T, H, W, 3] videos of one length -> [V, T, 3, S, S] on the model's device and dtype
+        (a LLaVA family's :meth:`.video_inputs.LlavaInputs.tensors`)."""
+        return self.inputs.tensors(videos, None, device=self.device, dtype=self.dtype)["pixel_values_videos"]
 
 
 #: ``config.model_type`` -> the class ``kvtp eval`` / ``kvtp demo`` load (the classes apply_kvtp supports).
