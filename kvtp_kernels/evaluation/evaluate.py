@@ -51,9 +51,6 @@ from ..video import VideoDecodeError, load_video
 from .data import ResultsFile, Sample, SampleError, option_letter
 from .errors import EvalError
 from .models import (  # noqa: F401  (re-exported: they were defined here)
-    DEFAULT_MEAN_STD,
-    DTYPES,
-    MODEL_CLASSES,
     VideoModel,
     load_predictor,
     load_video_model,
@@ -63,12 +60,10 @@ from .models import (  # noqa: F401  (re-exported: they were defined here)
 )
 from .prompts import (  # noqa: F401  (re-exported: they were defined here)
     DEFAULT_INSTRUCTION,
-    VIDEO_MARKER,
     PromptBuilder,
     left_padded,
     multiple_choice_text,
     option_token_ids,
-    symbol_token_ids,
 )
 from .report import format_summary, summarize
 

@@ -91,7 +91,6 @@ class QwenVLInputs:
         self.video_token_id = self.ids["video_token_id"]
         self.mean, self.std = tuple(mean), tuple(std)
         self.tokens_per_frame = None  # depends on each video's resolution
-        self._size: dict[tuple[int, int], tuple[int, int]] = {}
 
     def resized(self, height: int, width: int) -> tuple[int, int]:
         """(H, W) -> multiples of the token size holding 128 to 768 tokens' worth of pixels, aspect kept."""

@@ -12,6 +12,7 @@ transformers is imported only when a SiglipModel is built or loaded.
 """
 
 from .._lazy import lazy_attributes
+from .labels import RelevanceExample, read_relevance_labels
 from .model import (
     ContextFusionHead,
     FrameEncoding,
@@ -25,8 +26,7 @@ from .model import (
 
 # The training module is loaded on first use (so ``python -m kvtp_kernels.predictor.train``
 # does not find it already imported).
-_TRAIN_NAMES = ("RelevanceExample", "TrainConfig", "clip_softmax_pool", "read_relevance_labels", "relevance_loss",
-                "train_predictor")
+_TRAIN_NAMES = ("TrainConfig", "clip_softmax_pool", "relevance_loss", "train_predictor")
 
 __getattr__ = lazy_attributes(__name__, "train", _TRAIN_NAMES)
 

@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from ..pixels import frames_to_pixels
-from .config import CONFIG_NAME, HEAD_WEIGHTS_NAME, TOKEN_POOLS, PredictorConfig, _as_grid, _describe, _fail
+from .config import TOKEN_POOLS, PredictorConfig, _as_grid, _describe, _fail
 from .fusion import ContextFusionHead
 from .loading import PretrainedIO
 from .outputs import FrameEncoding, PredictorOutput
@@ -60,9 +60,6 @@ from .similarity import relevance_logits
 from .text import QueryEncoding
 
 __all__ = [
-    "CONFIG_NAME",
-    "HEAD_WEIGHTS_NAME",
-    "TOKEN_POOLS",
     "ContextFusionHead",
     "FrameEncoding",
     "FrameRelevancePredictor",

@@ -45,11 +45,10 @@ import torch.nn.functional as F
 from ..options import check_device
 from ..video import VideoDecodeError, load_video
 from .config import _describe
-from .labels import LABEL_COLUMNS, MAX_LABEL, RelevanceExample, read_relevance_labels
+from .labels import MAX_LABEL, RelevanceExample, read_relevance_labels
 from .model import FrameRelevancePredictor
 
 __all__ = [
-    "LABEL_COLUMNS",
     "TRAINABLE",
     "RelevanceExample",
     "TrainConfig",
