@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..integrations._compat import require_transformers
-from ..options import check_device
+from ..options import MODEL_DTYPES, check_device
 from .errors import EvalError
 
 __all__ = [
@@ -27,7 +27,7 @@ __all__ = [
     "resolve_dtype",
 ]
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in MODEL_DTYPES if name != "auto"}  # --dtype's, but auto
 DEFAULT_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # SigLIP's, LLaVA-OneVision's processor default
 _PROCESSOR_FILES = ("video_preprocessor_config.json", "preprocessor_config.json", "processor_config.json")
 
