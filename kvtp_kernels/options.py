@@ -43,6 +43,8 @@ MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 TOKEN_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 #: dtypes of scores and embeddings (widened to float64 inside).
 SCORE_DTYPES = TOKEN_DTYPES
+#: Relevance labels run 0..MAX_LABEL: the annotators' frame scores, the predictor's training targets.
+MAX_LABEL = 5
 
 
 def check_choice(fail, arg: str, value: object, options: tuple, *, allow_none: bool = False) -> object:

@@ -15,11 +15,11 @@ from typing import IO, Any
 import torch
 
 from .._jsonrows import NotAJsonList, json_rows
+from ..options import MAX_LABEL
 
 __all__ = ["LABEL_COLUMNS", "MAX_LABEL", "RelevanceExample", "read_relevance_labels"]
 
 LABEL_COLUMNS = ("video", "query", "labels")
-MAX_LABEL = 5
 
 
 @dataclasses.dataclass

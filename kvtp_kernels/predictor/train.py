@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from ..options import check_device
 from ..video import VideoDecodeError, load_video
-from .config import _describe
+from .config import _check_clip_size, _describe
 from .labels import MAX_LABEL, RelevanceExample, read_relevance_labels
 from .model import FrameRelevancePredictor
 
@@ -75,8 +75,7 @@ def clip_softmax_pool(scores: torch.Tensor, clip_size: int) -> torch.Tensor:
     Returns:
         [..., ceil(T / C)], dtype of ``scores``.
     """
-    if isinstance(clip_size, bool) or not isinstance(clip_size, int) or clip_size < 1:
-        raise ValueError(f"kvtp_kernels.predictor: `clip_size` must be an int >= 1; got {clip_size!r}")
+    _check_clip_size(clip_size)
     T = scores.shape[-1]
     if T == 0:
         raise ValueError("kvtp_kernels.predictor: `scores` must have at least one frame; got T = 0")
