@@ -12,17 +12,13 @@ transformers is imported only when a SiglipModel is built or loaded.
 """
 
 from .._lazy import lazy_attributes
+from .config import PredictorConfig
+from .fusion import ContextFusionHead
 from .labels import RelevanceExample, read_relevance_labels
-from .model import (
-    ContextFusionHead,
-    FrameEncoding,
-    FrameRelevancePredictor,
-    PredictorConfig,
-    PredictorOutput,
-    probe_attention,
-    relevance_logits,
-    resample_token_importance,
-)
+from .model import FrameRelevancePredictor
+from .outputs import FrameEncoding, PredictorOutput
+from .probe import probe_attention, resample_token_importance
+from .similarity import relevance_logits
 
 # The training module is loaded on first use (so ``python -m kvtp_kernels.predictor.train``
 # does not find it already imported).

@@ -59,16 +59,7 @@ from .probe import probe_attention, resample_token_importance
 from .similarity import relevance_logits
 from .text import QueryEncoding
 
-__all__ = [
-    "ContextFusionHead",
-    "FrameEncoding",
-    "FrameRelevancePredictor",
-    "PredictorConfig",
-    "PredictorOutput",
-    "probe_attention",
-    "relevance_logits",
-    "resample_token_importance",
-]
+__all__ = ["FrameRelevancePredictor"]
 
 
 
