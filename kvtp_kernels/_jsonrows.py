@@ -1,4 +1,4 @@
-"""The one reader of JSON-list (``.json``) and JSON-lines (``.jsonl`` / ``.ndjson``) row files.
+"""The one reader of JSON-list (``.json``), JSON-lines (``.jsonl`` / ``.ndjson``) and CSV row files.
 
 Used by the evaluation's sample files and the predictor's label files; each caller turns
 what it yields into its own errors (a bad row is skipped in one, fatal in the other).
@@ -6,11 +6,30 @@ what it yields into its own errors (a bad row is skipped in one, fatal in the ot
 
 from __future__ import annotations
 
+import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any
 
-__all__ = ["NotAJsonList", "json_rows"]
+__all__ = ["NotAJsonList", "csv_rows", "json_rows", "open_rows"]
+
+
+def open_rows(path: str, ext: str) -> IO[str]:
+    """A row file opened as text; utf-8-sig: CSVs saved by spreadsheets often start with a byte-order mark."""
+    return open(path, newline="" if ext == ".csv" else None, encoding="utf-8-sig")
+
+
+def csv_rows(fh: IO[str], path: str, required: Sequence[str],
+             missing_columns: Callable[[list[str], list[str]], Exception]) -> Iterator[tuple[str, dict]]:
+    """``("<path>: line <n>", row)`` for each row of an open CSV file, in file order; a header
+    without a ``required`` column raises ``missing_columns(missing, header)``."""
+    reader = csv.DictReader(fh)
+    header = reader.fieldnames or []
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise missing_columns(missing, header)
+    for row in reader:
+        yield f"{path}: line {reader.line_num}", row
 
 
 class NotAJsonList(ValueError):

@@ -43,6 +43,8 @@ MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 TOKEN_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 #: dtypes of scores and embeddings (widened to float64 inside).
 SCORE_DTYPES = TOKEN_DTYPES
+#: Relevance labels run 0..MAX_LABEL: the annotators' frame scores, the predictor's training targets.
+MAX_LABEL = 5
 
 
 def check_choice(fail, arg: str, value: object, options: tuple, *, allow_none: bool = False) -> object:
@@ -99,3 +101,18 @@ def check_num_neighbors(fail, num_neighbors: object) -> int | None:
     if num_neighbors is None:
         return None
     return check_number(fail, "num_neighbors", num_neighbors, lo=0, integer=True)
+
+
+def check_device(error: type[Exception], name: str | None, *, auto: tuple, expected: str) -> torch.device:
+    """A CLI's ``--device``: a name in ``auto`` -> cuda when available, else cpu; any other
+    name must parse as a torch device (``error`` says it must be ``expected`` otherwise)
+    and, for cuda, torch must see a CUDA device."""
+    if name in auto:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise error(f"--device must be {expected}; got {name!r}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise error(f"--device {name}: torch sees no CUDA device")
+    return device

@@ -85,9 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _is_user_error(exc: Exception) -> bool:
     """An unusable data file, model, device or video: reported in one line, exit status 2."""
-    from ..evaluation.annotate import AnnotatorUnavailable
-    from ..evaluation.data import DataFileError
-    from ..evaluation.evaluate import EvalError
+    from ..evaluation.errors import AnnotatorUnavailable, DataFileError, EvalError
     from ..video import VideoDecodeError
 
     return isinstance(exc, (DataFileError, EvalError, AnnotatorUnavailable, FileNotFoundError, VideoDecodeError))

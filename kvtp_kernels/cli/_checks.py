@@ -32,9 +32,7 @@ def same_file(a: str, b: str) -> bool:
 
 
 def _check_file_path(option: str, path: str, folder: str) -> None:
-    """Not a directory, and writable: the file itself when it exists, else `folder`."""
-    if os.path.isdir(path):
-        raise UsageError(f"{option} {path!r} is a directory; give a file path")
+    """Writable: the file itself when it exists, else `folder` (the callers have refused a directory)."""
     if not os.access(path if os.path.exists(path) else folder, os.W_OK):
         raise UsageError(f"{option} {path!r}: not writable")
 

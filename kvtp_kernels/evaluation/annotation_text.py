@@ -9,6 +9,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from ..options import MAX_LABEL
 from .errors import AnnotationError
 
 __all__ = [
@@ -23,8 +24,6 @@ __all__ = [
     "frame_captions",
     "parse_scores",
 ]
-
-MAX_LABEL = 5
 
 DEBIAS_PROMPT = (
     "Rewrite the question below as one short, neutral query that says what has to be found in a video to answer "

@@ -38,7 +38,6 @@ Results: :class:`ResultsFile` (in :mod:`.results`, importable from here too).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
@@ -47,7 +46,7 @@ import re
 from collections.abc import Iterator
 from typing import IO, Any
 
-from .._jsonrows import NotAJsonList, json_rows
+from .._jsonrows import NotAJsonList, csv_rows, json_rows, open_rows
 from .errors import DataFileError
 from .results import ResultsFile  # re-exported: it was defined here
 
@@ -270,15 +269,12 @@ def _sample(row: dict, origin: str, base_dir: str, *, require_options: bool, req
 
 def _rows(path: str, ext: str) -> Iterator[tuple[str, dict | None, str | None]]:
     """-> (origin, row or None, error) per row; file-level problems raise DataFileError."""
-    with open(path, newline="" if ext == ".csv" else None, encoding="utf-8-sig") as fh:
+    with open_rows(path, ext) as fh:
         if ext == ".csv":
-            reader = csv.DictReader(fh)
-            header = reader.fieldnames or []
-            missing = [c for c in ("video", "question") if c not in header]
-            if missing:
-                raise DataFileError(f"{path}: line 1 (header): missing column(s) {missing}; got {header}")
-            for row in reader:
-                yield f"{path}: line {reader.line_num}", dict(row), None
+            rows = csv_rows(fh, path, ("video", "question"), lambda missing, header: DataFileError(
+                f"{path}: line 1 (header): missing column(s) {missing}; got {header}"))
+            for origin, row in rows:
+                yield origin, dict(row), None
         else:
             yield from _json_rows(fh, path, ext)
 

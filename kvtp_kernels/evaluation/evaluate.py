@@ -51,9 +51,6 @@ from ..video import VideoDecodeError, load_video
 from .data import ResultsFile, Sample, SampleError, option_letter
 from .errors import EvalError
 from .models import (  # noqa: F401  (re-exported: they were defined here)
-    DEFAULT_MEAN_STD,
-    DTYPES,
-    MODEL_CLASSES,
     VideoModel,
     load_predictor,
     load_video_model,
@@ -63,12 +60,10 @@ from .models import (  # noqa: F401  (re-exported: they were defined here)
 )
 from .prompts import (  # noqa: F401  (re-exported: they were defined here)
     DEFAULT_INSTRUCTION,
-    VIDEO_MARKER,
     PromptBuilder,
     left_padded,
     multiple_choice_text,
     option_token_ids,
-    symbol_token_ids,
 )
 from .report import format_summary, summarize
 
@@ -196,6 +191,10 @@ class _VideoCache:
         return item
 
 
+#: A decoded sample: the sample, its uint8 frames [T, H, W, 3] and their times in seconds.
+_Decoded = tuple[Sample, torch.Tensor, list[float]]
+
+
 @dataclasses.dataclass
 class _Batch:
     """One forward pass's inputs (a group of samples with the same frame count) and what scoring needs."""
@@ -235,7 +234,6 @@ class Evaluator:
         self.predictor = predictor
         self.prompts = PromptBuilder(video_model.tokenizer, settings.prompt_format, chat_template)
         self.warmup = warmup
-        self._stamps: dict[str, list[float]] = {}  # sample id -> its frames' times (Qwen-VL timestamps)
         self._letters: list[list[int]] = []
 
     def _letter_ids(self, count: int) -> list[list[int]]:
@@ -271,22 +269,21 @@ class Evaluator:
                 remove_kvtp(model)
         return out.logits[:, -1].float().cpu(), stats, seconds
 
-    def _batch(self, group: list[tuple[Sample, torch.Tensor]]) -> _Batch:
+    def _batch(self, group: list[_Decoded]) -> _Batch:
         """The group's prompts, left-padded, and its videos as the model's input tensors."""
         vm, settings = self.vm, self.settings
         rows, letters, spans = [], [], []
-        for sample, frames in group:
+        for sample, frames, stamps in group:
             before, after = self.prompts.encode(multiple_choice_text(sample.question, sample.options,
                                                                      settings.instruction))
             spans.append(vm.inputs.video_tokens(frames))
-            rows.append(before + vm.inputs.span(frames, self._stamps.get(sample.id), vm.tokenizer) + after)
+            rows.append(before + vm.inputs.span(frames, stamps, vm.tokenizer) + after)
             letters.append(self._letter_ids(len(sample.options)))
         ids, mask = left_padded(rows, vm.pad_token_id)
         ids, mask = ids.to(vm.device), mask.to(vm.device)
-        frames = [f for _, f in group]
-        pixels = vm.inputs.tensors(frames, ids, [self._stamps.get(s.id) for s, _ in group], device=vm.device,
-                                   dtype=vm.dtype)
-        queries = [s.query or s.question for s, _ in group]
+        frames = [f for _, f, _ in group]
+        pixels = vm.inputs.tensors(frames, ids, [stamps for *_, stamps in group], device=vm.device, dtype=vm.dtype)
+        queries = [s.query or s.question for s, *_ in group]
         return _Batch(ids, mask, pixels, queries, frames, [len(r) for r in rows], letters, spans)
 
     def _tower_flops(self, num_frames: int) -> dict[str, int | None]:
@@ -299,7 +296,7 @@ class Evaluator:
             if self.predictor is not None else 0)
         return tower
 
-    def _run_group(self, group: list[tuple[Sample, torch.Tensor]]) -> list[dict]:
+    def _run_group(self, group: list[_Decoded]) -> list[dict]:
         """Samples whose videos have the same frame count -> their records."""
         T = group[0][1].shape[0]
         batch = self._batch(group)
@@ -308,12 +305,12 @@ class Evaluator:
                 self._forward(mode, batch.ids, batch.mask, batch.pixels, batch.queries, batch.frames)
         self.warmup = 0
         records = [{"id": s.id, "subset": s.subset, "video": s.video, "question": s.question, "options": s.options,
-                    "answer": s.answer_letter, "num_frames": T} for s, _ in group]
+                    "answer": s.answer_letter, "num_frames": T} for s, *_ in group]
         tower = self._tower_flops(T)
         for mode in self.settings.modes:
             logits, stats, seconds = self._forward(mode, batch.ids, batch.mask, batch.pixels, batch.queries,
                                                    batch.frames)
-            for b, (sample, _) in enumerate(group):
+            for b, (sample, *_) in enumerate(group):
                 records[b][mode] = self._result(batch, b, sample, logits, stats, seconds / len(group), tower[mode])
         return records
 
@@ -376,21 +373,20 @@ class Evaluator:
         return EvalReport(records, evaluated, resumed, errors)
 
     def _decoded_groups(self, chunk: Sequence[Sample], cache: _VideoCache, errors: list[SampleError],
-                        bar: Any) -> dict[int, list[tuple[Sample, torch.Tensor]]]:
+                        bar: Any) -> dict[int, list[_Decoded]]:
         """The chunk's decoded videos, grouped by frame count; a video that does not decode is an error."""
-        groups: dict[int, list[tuple[Sample, torch.Tensor]]] = {}
+        groups: dict[int, list[_Decoded]] = {}
         for sample in chunk:
             try:
                 frames, stamps = cache.get(sample.video)
-                self._stamps[sample.id] = stamps.tolist()
             except (OSError, VideoDecodeError) as exc:
                 errors.append(SampleError(sample.origin, str(exc), sample.id))
                 bar.update(1)
                 continue
-            groups.setdefault(frames.shape[0], []).append((sample, frames))
+            groups.setdefault(frames.shape[0], []).append((sample, frames, stamps.tolist()))
         return groups
 
-    def _group_records(self, group: list[tuple[Sample, torch.Tensor]], errors: list[SampleError]) -> list[dict]:
+    def _group_records(self, group: list[_Decoded], errors: list[SampleError]) -> list[dict]:
         """:meth:`_run_group`; a failure of this group's model run (not a usage error) becomes an error of each
         of its samples (and no records)."""
         try:
@@ -401,6 +397,6 @@ class Evaluator:
             if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
                 torch.cuda.empty_cache()
             hint = " (try a smaller --batch-size or --max-frames)" if isinstance(exc, torch.OutOfMemoryError) else ""
-            for sample, _ in group:
+            for sample, *_ in group:
                 errors.append(SampleError(sample.origin, f"the model run failed: {exc}{hint}", sample.id))
             return []

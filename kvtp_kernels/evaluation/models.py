@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..integrations._compat import require_transformers
+from ..options import MODEL_DTYPES, check_device
 from .errors import EvalError
 
 __all__ = [
@@ -26,7 +27,7 @@ __all__ = [
     "resolve_dtype",
 ]
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in MODEL_DTYPES if name != "auto"}  # --dtype's, but auto
 DEFAULT_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # SigLIP's, LLaVA-OneVision's processor default
 _PROCESSOR_FILES = ("video_preprocessor_config.json", "preprocessor_config.json", "processor_config.json")
 
@@ -37,15 +38,7 @@ def _require_transformers():
 
 def resolve_device(device: str | None) -> torch.device:
     """None / "auto" -> cuda when available, else cpu."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise EvalError(f"--device must be auto, cpu, cuda or cuda:N; got {device!r}") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise EvalError(f"--device {device}: torch sees no CUDA device")
-    return resolved
+    return check_device(EvalError, device, auto=(None, "auto"), expected="auto, cpu, cuda or cuda:N")
 
 
 def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
@@ -139,11 +132,9 @@ class VideoModel:
         return num_frames * self.tokens_per_frame + 1
 
     def pixel_values(self, videos: Sequence[torch.Tensor]) -> torch.Tensor:
-        """V uint8 [T, H, W, 3] videos of one length -> [V, T, 3, S, S] on the model's device and dtype."""
-        from ..integrations import video_pixel_values
-
-        pixels = [video_pixel_values(v, self.image_size, self.pixel_mean, self.pixel_std) for v in videos]
-        return torch.stack(pixels).to(device=self.device, dtype=self.dtype)
+        """V uint8 [T, H, W, 3] videos of one length -> [V, T, 3, S, S] on the model's device and dtype
+        (a LLaVA family's :meth:`.video_inputs.LlavaInputs.tensors`)."""
+        return self.inputs.tensors(videos, None, device=self.device, dtype=self.dtype)["pixel_values_videos"]
 
 
 #: ``config.model_type`` -> the class ``kvtp eval`` / ``kvtp demo`` load (the classes apply_kvtp supports).

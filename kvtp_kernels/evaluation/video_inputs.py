@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from ..pixels import frames_to_pixels
+
 __all__ = ["LlavaInputs", "QwenVLInputs", "patchify", "video_inputs_for"]
 
 QWEN_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
@@ -89,7 +91,6 @@ class QwenVLInputs:
         self.video_token_id = self.ids["video_token_id"]
         self.mean, self.std = tuple(mean), tuple(std)
         self.tokens_per_frame = None  # depends on each video's resolution
-        self._size: dict[tuple[int, int], tuple[int, int]] = {}
 
     def resized(self, height: int, width: int) -> tuple[int, int]:
         """(H, W) -> multiples of the token size holding 128 to 768 tokens' worth of pixels, aspect kept."""
@@ -137,14 +138,11 @@ class QwenVLInputs:
         for v, frames in enumerate(videos):
             F, H, W, _ = frames.shape
             h, w = self.resized(H, W)
-            x = frames.permute(0, 3, 1, 2).float()
-            if (H, W) != (h, w):
-                x = torch.nn.functional.interpolate(x, size=(h, w), mode="bicubic", align_corners=False,
-                                                    antialias=True).clamp(0, 255).round()
+            x = frames_to_pixels(frames, (h, w), torch.tensor(self.mean)[:, None, None],
+                                 torch.tensor(self.std)[:, None, None])
             pad = (-F) % self.temporal
             if pad:
                 x = torch.cat([x, x[-1:].expand(pad, -1, -1, -1)])
-            x = (x / 255.0 - torch.tensor(self.mean)[:, None, None]) / torch.tensor(self.std)[:, None, None]
             rows.append(patchify(x, self.patch, self.temporal, self.merge))
             grids.append(self.grid(F, H, W))
             s = stamps[v] if stamps is not None else None  # frame times; None: one frame per second

@@ -12,21 +12,17 @@ transformers is imported only when a SiglipModel is built or loaded.
 """
 
 from .._lazy import lazy_attributes
-from .model import (
-    ContextFusionHead,
-    FrameEncoding,
-    FrameRelevancePredictor,
-    PredictorConfig,
-    PredictorOutput,
-    probe_attention,
-    relevance_logits,
-    resample_token_importance,
-)
+from .config import PredictorConfig
+from .fusion import ContextFusionHead
+from .labels import RelevanceExample, read_relevance_labels
+from .model import FrameRelevancePredictor
+from .outputs import FrameEncoding, PredictorOutput
+from .probe import probe_attention, resample_token_importance
+from .similarity import relevance_logits
 
 # The training module is loaded on first use (so ``python -m kvtp_kernels.predictor.train``
 # does not find it already imported).
-_TRAIN_NAMES = ("RelevanceExample", "TrainConfig", "clip_softmax_pool", "read_relevance_labels", "relevance_loss",
-                "train_predictor")
+_TRAIN_NAMES = ("TrainConfig", "clip_softmax_pool", "relevance_loss", "train_predictor")
 
 __getattr__ = lazy_attributes(__name__, "train", _TRAIN_NAMES)
 

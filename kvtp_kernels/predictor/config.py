@@ -33,6 +33,10 @@ def _as_grid(value: int | Sequence[int], arg: str) -> tuple[int, int]:
     return value
 
 
+def _check_clip_size(clip_size: object) -> None:
+    if isinstance(clip_size, bool) or not isinstance(clip_size, int) or clip_size < 1:
+        _fail("clip_size", "an int >= 1", repr(clip_size))
+
 
 @dataclasses.dataclass
 class PredictorConfig:
@@ -65,8 +69,7 @@ class PredictorConfig:
     def __post_init__(self):
         if not isinstance(self.use_fusion_head, bool):
             _fail("use_fusion_head", "a bool", repr(self.use_fusion_head))
-        if isinstance(self.clip_size, bool) or not isinstance(self.clip_size, int) or self.clip_size < 1:
-            _fail("clip_size", "an int >= 1", repr(self.clip_size))
+        _check_clip_size(self.clip_size)
         self.fusion_weights = tuple(float(w) for w in self.fusion_weights)
         if len(self.fusion_weights) != 3 or not all(math.isfinite(w) for w in self.fusion_weights):
             _fail("fusion_weights", "three finite numbers", repr(self.fusion_weights))

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .config import _describe, _fail
+from .config import _check_clip_size, _describe, _fail
 from .similarity import relevance_logits
 
 __all__ = ["FUSION_EPS", "ContextFusionHead"]
@@ -39,8 +39,7 @@ class ContextFusionHead(nn.Module):
 
     def __init__(self, clip_size: int = 8, weights: Sequence[float] = (0.9, 0.05, 0.05)):
         super().__init__()
-        if isinstance(clip_size, bool) or not isinstance(clip_size, int) or clip_size < 1:
-            _fail("clip_size", "an int >= 1", repr(clip_size))
+        _check_clip_size(clip_size)
         weights = tuple(weights)
         if len(weights) != 3 or not all(isinstance(w, (int, float)) and math.isfinite(w) for w in weights):
             _fail("fusion weights", "three finite numbers (frame, local, global)", repr(weights))

@@ -5,7 +5,6 @@ spaces, commas or semicolons)."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import os
@@ -14,12 +13,12 @@ from typing import IO, Any
 
 import torch
 
-from .._jsonrows import NotAJsonList, json_rows
+from .._jsonrows import NotAJsonList, csv_rows, json_rows, open_rows
+from ..options import MAX_LABEL
 
 __all__ = ["LABEL_COLUMNS", "MAX_LABEL", "RelevanceExample", "read_relevance_labels"]
 
 LABEL_COLUMNS = ("video", "query", "labels")
-MAX_LABEL = 5
 
 
 @dataclasses.dataclass
@@ -103,8 +102,7 @@ def read_relevance_labels(path: str | os.PathLike) -> list[RelevanceExample]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"kvtp_kernels.predictor: no such label file: {path!r}")
     base_dir = os.path.dirname(os.path.abspath(path))
-    # utf-8-sig: CSVs saved by spreadsheets often start with a byte-order mark
-    with open(path, newline="" if ext == ".csv" else None, encoding="utf-8-sig") as fh:
+    with open_rows(path, ext) as fh:
         rows = _csv_rows(fh, path) if ext == ".csv" else _json_rows(fh, path, ext)
         examples = [_example_from_row(row, where, base_dir) for where, row in rows]
     if not examples:
@@ -113,14 +111,8 @@ def read_relevance_labels(path: str | os.PathLike) -> list[RelevanceExample]:
 
 
 def _csv_rows(fh: IO[str], path: str):
-    reader = csv.DictReader(fh)
-    header = reader.fieldnames or []
-    missing = [c for c in LABEL_COLUMNS if c not in header]
-    if missing:
-        raise ValueError(f"{path}: line 1 (header): missing column(s) {missing}; expected columns "
-                         f"{list(LABEL_COLUMNS)}, got {header}")
-    for row in reader:
-        yield f"{path}: line {reader.line_num}", row
+    return csv_rows(fh, path, LABEL_COLUMNS, lambda missing, header: ValueError(
+        f"{path}: line 1 (header): missing column(s) {missing}; expected columns {list(LABEL_COLUMNS)}, got {header}"))
 
 
 def _json_rows(fh: IO[str], path: str, ext: str):

@@ -8,7 +8,6 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from ..integrations._compat import require_transformers
 from .config import CONFIG_NAME, HEAD_WEIGHTS_NAME, PredictorConfig, _fail
 
 if TYPE_CHECKING:
@@ -65,6 +64,8 @@ class PretrainedIO:
     def from_config(cls, siglip_config: Any, config: PredictorConfig | None = None,
                     tokenizer: Any = None) -> FrameRelevancePredictor:
         """A randomly initialised predictor from a ``SiglipConfig`` (for tests and training from scratch)."""
+        from ..integrations._compat import require_transformers  # not at import: the integrations package is heavy
+
         transformers = require_transformers("kvtp_kernels.predictor")
         return cls(transformers.SiglipModel(siglip_config), config, tokenizer)
 
@@ -92,6 +93,8 @@ class PretrainedIO:
             **model_kwargs: passed to ``SiglipModel.from_pretrained`` (``dtype``,
                 ``revision``, ``cache_dir``, ``token``, ``local_files_only``, ...).
         """
+        from ..integrations._compat import require_transformers  # not at import: the integrations package is heavy
+
         transformers = require_transformers("kvtp_kernels.predictor")
         name_or_path = os.fspath(name_or_path)
         siglip = transformers.SiglipModel.from_pretrained(name_or_path, **model_kwargs)

@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from ..pixels import frames_to_pixels
-from .config import CONFIG_NAME, HEAD_WEIGHTS_NAME, TOKEN_POOLS, PredictorConfig, _as_grid, _describe, _fail
+from .config import TOKEN_POOLS, PredictorConfig, _as_grid, _describe, _fail
 from .fusion import ContextFusionHead
 from .loading import PretrainedIO
 from .outputs import FrameEncoding, PredictorOutput
@@ -59,19 +59,7 @@ from .probe import probe_attention, resample_token_importance
 from .similarity import relevance_logits
 from .text import QueryEncoding
 
-__all__ = [
-    "CONFIG_NAME",
-    "HEAD_WEIGHTS_NAME",
-    "TOKEN_POOLS",
-    "ContextFusionHead",
-    "FrameEncoding",
-    "FrameRelevancePredictor",
-    "PredictorConfig",
-    "PredictorOutput",
-    "probe_attention",
-    "relevance_logits",
-    "resample_token_importance",
-]
+__all__ = ["FrameRelevancePredictor"]
 
 
 
@@ -269,14 +257,12 @@ class FrameRelevancePredictor(PretrainedIO, QueryEncoding, nn.Module):
                 scale and bias (what prune's fused path computes).
         """
         if not isinstance(frame_embeds, torch.Tensor) or frame_embeds.dim() != 3:
-            _fail("frame_embeds", "a [B, T, E] tensor", _describe(frame_embeds)
-                  if isinstance(frame_embeds, torch.Tensor) else type(frame_embeds).__name__)
+            _fail("frame_embeds", "a [B, T, E] tensor", _describe(frame_embeds))
         if (not isinstance(query_embeds, torch.Tensor) or query_embeds.dim() != 3
                 or query_embeds.shape[0] != frame_embeds.shape[0] or query_embeds.shape[2] != frame_embeds.shape[2]
                 or query_embeds.shape[1] == 0):
             _fail("query_embeds", f"a [{frame_embeds.shape[0]}, C, {frame_embeds.shape[2]}] tensor with C > 0 "
-                  "(B and E of frame_embeds)", _describe(query_embeds)
-                  if isinstance(query_embeds, torch.Tensor) else type(query_embeds).__name__)
+                  "(B and E of frame_embeds)", _describe(query_embeds))
         head = self.config.use_fusion_head if use_fusion_head is None else use_fusion_head
         if head:
             return self.fusion_head(frame_embeds, query_embeds, self.logit_scale, self.logit_bias)

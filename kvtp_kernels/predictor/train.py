@@ -42,13 +42,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..options import check_device
 from ..video import VideoDecodeError, load_video
-from .config import _describe
-from .labels import LABEL_COLUMNS, MAX_LABEL, RelevanceExample, read_relevance_labels
+from .config import _check_clip_size, _describe
+from .labels import MAX_LABEL, RelevanceExample, read_relevance_labels
 from .model import FrameRelevancePredictor
 
 __all__ = [
-    "LABEL_COLUMNS",
     "TRAINABLE",
     "RelevanceExample",
     "TrainConfig",
@@ -75,8 +75,7 @@ def clip_softmax_pool(scores: torch.Tensor, clip_size: int) -> torch.Tensor:
     Returns:
         [..., ceil(T / C)], dtype of ``scores``.
     """
-    if isinstance(clip_size, bool) or not isinstance(clip_size, int) or clip_size < 1:
-        raise ValueError(f"kvtp_kernels.predictor: `clip_size` must be an int >= 1; got {clip_size!r}")
+    _check_clip_size(clip_size)
     T = scores.shape[-1]
     if T == 0:
         raise ValueError("kvtp_kernels.predictor: `scores` must have at least one frame; got T = 0")
@@ -363,18 +362,6 @@ def _writable_dir(path: str) -> str | None:
     return None
 
 
-def _device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"--device must be cpu, cuda or cuda:N; got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: torch sees no CUDA device")
-    return device
-
-
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """Exit status: 0 done, 2 usage error (bad option, label file, model, device or output folder)."""
     parser = build_parser(prog) if prog else build_parser()
@@ -385,7 +372,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
                              gradient_checkpointing=args.gradient_checkpointing, progress=not args.no_progress)
         # Everything a user can get wrong is checked before the first model is loaded.
         examples = read_relevance_labels(args.labels)
-        device = _device(args.device)
+        device = check_device(ValueError, args.device, auto=(None,), expected="cpu, cuda or cuda:N")
         problem = _writable_dir(args.output_dir)
         if problem is not None:
             raise ValueError(f"--output-dir {args.output_dir!r}: cannot write there ({problem})")
