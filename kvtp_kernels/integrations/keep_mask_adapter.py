@@ -34,24 +34,20 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import functools
 import inspect
 import threading
 from typing import Any
 
 import torch
 
-from .._errors import describe
 from . import patching
 from .keep_mask import KeepMaskResult, prune_to_keep_mask
 from .patching import KVTP_KWARGS
 from .placement import infer_padding_side
 from .recording import record_stats
-from .settings import KVTPSettings, _fail
+from .settings import KVTPSettings, _describe_arg, _fail
 
 __all__ = ["KVTP_KWARGS", "KeepMaskPatch", "install"]
-
-_describe = functools.partial(describe, device=False)
 
 
 @dataclasses.dataclass
@@ -128,7 +124,7 @@ def _generate(model, *args, **kwargs):
         call["input_ids"] = call.pop("inputs")
     if call.get("position_ids") is not None:
         _fail("position_ids", "None with video input to generate (KVTP computes the positions of the unpruned "
-              "prompt itself)", _describe(call["position_ids"]))
+              "prompt itself)", _describe_arg(call["position_ids"]))
     prompt_ids = call.get("input_ids")
     with torch.no_grad():  # as HF's generate
         prepared = _prepare(model, patch, call, query, frames, padding_side="left", generating=True)
@@ -143,7 +139,7 @@ def _check_positions(user: Any, result: KeepMaskResult) -> torch.Tensor:
     B, L = result.keep.shape
     if not isinstance(user, torch.Tensor) or user.dim() not in (2, 3) or tuple(user.shape[-2:]) != (B, L):
         _fail("position_ids", f"[B, L], [3, B, L] or [4, B, L] positions of the unpruned prompt (B, L = {B}, {L})",
-              _describe(user))
+              _describe_arg(user))
     return user
 
 
@@ -181,14 +177,14 @@ def _prepare(model, patch: KeepMaskPatch, call: dict, query: Any, frames: Any, *
     input_ids = call.get("input_ids")
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
         _fail("input_ids", "an integer [B, L] tensor with video input (the placeholders and positions come from it)",
-              _describe(input_ids))
+              _describe_arg(input_ids))
     if call.get("inputs_embeds") is not None:
         _fail("inputs_embeds", "None with video input (pass input_ids: the positions are computed from them)",
-              _describe(call["inputs_embeds"]))
+              _describe_arg(call["inputs_embeds"]))
     attention_mask = call.get("attention_mask")
     if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2):
         _fail("attention_mask", "a 2-D [B, L] mask with video input (4-D masks are not supported)",
-              _describe(attention_mask))
+              _describe_arg(attention_mask))
     family.check_inputs(model, call, input_ids)
     config = model.config
     with torch.no_grad():

@@ -14,22 +14,18 @@ What this model needs (the wrappers are :mod:`.keep_mask_adapter`'s):
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
 import torch
 
-from .._errors import describe
 from ._compat import frames_by_tokens, video_features_keyword
 from .keep_mask import KeepMaskResult
-from .settings import _fail
+from .settings import _describe_arg, _fail
 
 __all__ = ["LLAVA_NEXT_VIDEO_CLASSES", "LlavaNextVideo"]
 
 LLAVA_NEXT_VIDEO_CLASSES = ("LlavaNextVideoForConditionalGeneration",)
-
-_describe = functools.partial(describe, device=False)
 
 
 class LlavaNextVideo:
@@ -61,7 +57,7 @@ class LlavaNextVideo:
     def check_inputs(model, call: dict, input_ids: torch.Tensor) -> None:
         pixels = call.get("pixel_values_videos")
         if not isinstance(pixels, torch.Tensor) or pixels.dim() != 5:
-            _fail("pixel_values_videos", "a [V, T, 3, H, W] tensor", _describe(pixels))
+            _fail("pixel_values_videos", "a [V, T, 3, H, W] tensor", _describe_arg(pixels))
 
     @staticmethod
     def positions(model, call: dict, input_ids, attention_mask, generating: bool) -> torch.Tensor:

@@ -21,19 +21,15 @@ For each video of a call (:mod:`.keep_mask_adapter`):
 from __future__ import annotations
 
 import bisect
-import functools
 import math
 from typing import Any
 
 import torch
 
-from .._errors import describe
 from .frames import predictor_scores, renormalize_pixels
-from .settings import _fail
+from .settings import _describe_arg, _fail
 
 __all__ = ["given_frames", "pool_per_unit", "predictor_inputs", "video_queries", "video_samples"]
-
-_describe = functools.partial(describe, device=False)
 
 
 def video_samples(video_mask: torch.Tensor, sizes: list[int]) -> list[int]:
@@ -99,7 +95,7 @@ def given_frames(frames: Any, num_videos: int, expected: str) -> list[torch.Tens
         frames = list(frames.unbind(0))
     if not isinstance(frames, (list, tuple)) or len(frames) != num_videos:
         _fail("kvtp_frames", expected,
-              _describe(frames) if not isinstance(frames, (list, tuple)) else f"a list of {len(frames)}")
+              _describe_arg(frames) if not isinstance(frames, (list, tuple)) else f"a list of {len(frames)}")
     return [f if isinstance(f, torch.Tensor) else torch.as_tensor(f) for f in frames]
 
 

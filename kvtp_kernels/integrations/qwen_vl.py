@@ -28,15 +28,13 @@ What these models need (transformers 5.17 to 5.24; the wrappers are
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
 
-from .._errors import describe
 from ._compat import deepstack_levels, deepstack_like
 from .keep_mask import KeepMaskResult
-from .settings import _fail
+from .settings import _describe_arg, _fail
 
 __all__ = ["QWEN_VL_CLASSES", "QwenVL"]
 
@@ -46,8 +44,6 @@ QWEN_VL_CLASSES = {
     "Qwen2_5_VLForConditionalGeneration": "video",
     "Qwen3VLForConditionalGeneration": "frame",
 }
-
-_describe = functools.partial(describe, device=False)
 
 
 class QwenVL:
@@ -95,9 +91,9 @@ class QwenVL:
         pixels, grid = call.get("pixel_values_videos"), call.get("video_grid_thw")
         if not isinstance(pixels, torch.Tensor) or pixels.dim() != 2:
             _fail("pixel_values_videos", "the processor's flattened patches [sum t*h*w, C*t_p*p*p]",
-                  _describe(pixels))
+                  _describe_arg(pixels))
         if not isinstance(grid, torch.Tensor) or grid.dim() != 2 or grid.shape[1] != 3:
-            _fail("video_grid_thw", "a [V, 3] tensor (t, h, w per video) with pixel_values_videos", _describe(grid))
+            _fail("video_grid_thw", "a [V, 3] tensor (t, h, w per video) with pixel_values_videos", _describe_arg(grid))
         if int(grid.prod(-1).sum()) != pixels.shape[0]:
             _fail("video_grid_thw", f"grids whose t*h*w sum to the {pixels.shape[0]} rows of pixel_values_videos",
                   f"{grid.tolist()}")
@@ -110,7 +106,8 @@ class QwenVL:
                   f"video_grid_thw = {grid.tolist()})", f"{found}")
         types = call.get("mm_token_type_ids")
         if types is not None and (not isinstance(types, torch.Tensor) or types.shape != input_ids.shape):
-            _fail("mm_token_type_ids", f"a [B, L] = {list(input_ids.shape)} tensor like input_ids", _describe(types))
+            _fail("mm_token_type_ids", f"a [B, L] = {list(input_ids.shape)} tensor like input_ids",
+                  _describe_arg(types))
 
     @staticmethod
     def _token_types(model, call: dict, input_ids: torch.Tensor) -> torch.Tensor:
