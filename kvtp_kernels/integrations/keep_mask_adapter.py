@@ -43,7 +43,7 @@ import torch
 from . import patching
 from .keep_mask import KeepMaskResult, prune_to_keep_mask
 from .patching import KVTP_KWARGS
-from .placement import infer_padding_side
+from .placement import check_attention_mask, infer_padding_side
 from .recording import record_stats
 from .settings import KVTPSettings, _describe_arg, _fail
 
@@ -182,9 +182,7 @@ def _prepare(model, patch: KeepMaskPatch, call: dict, query: Any, frames: Any, *
         _fail("inputs_embeds", "None with video input (pass input_ids: the positions are computed from them)",
               _describe_arg(call["inputs_embeds"]))
     attention_mask = call.get("attention_mask")
-    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2):
-        _fail("attention_mask", "a 2-D [B, L] mask with video input (4-D masks are not supported)",
-              _describe_arg(attention_mask))
+    check_attention_mask(attention_mask)
     family.check_inputs(model, call, input_ids)
     config = model.config
     with torch.no_grad():

@@ -78,7 +78,7 @@ from .patching import (
     saved_methods,
     with_prompt,
 )
-from .placement import locate_videos
+from .placement import check_attention_mask, locate_videos
 from .predictor_inputs import given_frames, video_queries
 from .recording import record_stats
 from .settings import KVTPSettings, VideoPlacement, _describe_arg, _fail
@@ -283,9 +283,7 @@ def _prepare(model, patch: _Patch, call: dict, query: Any, frames: Any, *, paddi
     else:  # as HF does for embeddings input: the placeholders are the video token's embedding
         token = embed(torch.tensor(config.video_token_id, device=inputs_embeds.device))
         video_mask = (inputs_embeds == token).all(-1)
-    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2):
-        _fail("attention_mask", "a 2-D [B, L] mask with video input (4-D masks are not supported)",
-              _describe_arg(attention_mask))
+    check_attention_mask(attention_mask)
 
     features = _video_features(model, patch, call)
     placement = locate_videos(video_mask, attention_mask, len(features))
