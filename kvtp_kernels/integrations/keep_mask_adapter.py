@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import inspect
 import threading
 from typing import Any
 
@@ -80,16 +79,16 @@ def install(model: Any, family: Any, settings: KVTPSettings, predictor: Any, tok
 # ----------------------------------------------------------------------------------
 # Wrappers
 # ----------------------------------------------------------------------------------
-def _bound_call(signature: inspect.Signature, args: tuple, kwargs: dict) -> tuple[dict | None, tuple]:
-    """-> (the call as keywords when it carries video pixels, else None; the kvtp keyword arguments)."""
-    extra = tuple(kwargs.pop(name, None) for name in patching.KVTP_KWARGS)
+def _has_pixels(call: dict) -> bool:
+    return call.get("pixel_values_videos") is not None
+
+
+def _video_call(original, args: tuple, kwargs: dict) -> tuple[dict | None, Any, Any]:
+    """-> (the call as keywords when it carries video pixels, else None; kvtp_query; kvtp_frames)."""
     if (kwargs.get("mm_encoder_outputs") or {}).get("video") is not None:
         _fail("mm_encoder_outputs", "without a 'video' entry on a model patched by apply_kvtp (KVTP prunes the "
               "features it computes from pixel_values_videos; pass those instead)", "a 'video' entry")
-    if not args and kwargs.get("pixel_values_videos") is None:
-        return None, extra
-    call = patching.bind_call(signature, args, kwargs)
-    return (call if call.get("pixel_values_videos") is not None else None), extra
+    return patching.video_call(original, args, kwargs, _has_pixels)
 
 
 def _forward(model, *args, **kwargs):
@@ -97,7 +96,7 @@ def _forward(model, *args, **kwargs):
     original = patching.original_method(model, "forward")
     if patch.busy == threading.get_ident():  # a step of our own generate: the call is already pruned
         return original(*args, **kwargs)
-    call, (query, frames) = _bound_call(inspect.signature(original), args, kwargs)
+    call, query, frames = _video_call(original, args, kwargs)
     if call is None:
         return original(*args, **kwargs)
     patching.check_no_cache(call)
@@ -116,7 +115,7 @@ def _forward(model, *args, **kwargs):
 def _generate(model, *args, **kwargs):
     patch = model.__dict__[patching.PATCH_ATTR]
     original = patching.original_method(model, "generate")
-    call, (query, frames) = _bound_call(inspect.signature(original), args, kwargs)
+    call, query, frames = _video_call(original, args, kwargs)
     if call is None:
         return original(*args, **kwargs)
     patching.check_no_cache(call)

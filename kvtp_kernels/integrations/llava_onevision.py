@@ -56,7 +56,6 @@ Copies: ``copy.deepcopy`` of a patched model is a patched model of its own (its
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 from typing import Any
 
@@ -67,15 +66,14 @@ from ._compat import MIN_TRANSFORMERS
 from .core import prune_video_inputs
 from .frames import predictor_scores, renormalize_pixels
 from .patching import (
-    KVTP_KWARGS,
     PATCH_ATTR,
     Patch,
-    bind_call,
     check_no_cache,
     count_lengths_from_prompt,
     install_patch,
     original_method,
     saved_methods,
+    video_call,
     with_prompt,
 )
 from .placement import check_attention_mask, locate_videos
@@ -113,13 +111,8 @@ def _has_video(call: dict) -> bool:
 
 def _intercept(model, name: str, args: tuple, kwargs: dict) -> tuple[_Patch, Any, dict | None, Any, Any]:
     """-> (the patch, the original method, the bound call when it has video else None, kvtp_query, kvtp_frames)."""
-    patch = model.__dict__[PATCH_ATTR]
     original = original_method(model, name)
-    query, frames = (kwargs.pop(key, None) for key in KVTP_KWARGS)
-    if not args and not _has_video(kwargs):  # the common case (e.g. every decoding step): no binding
-        return patch, original, None, query, frames
-    call = bind_call(inspect.signature(original), args, kwargs)
-    return patch, original, (call if _has_video(call) else None), query, frames
+    return (model.__dict__[PATCH_ATTR], original, *video_call(original, args, kwargs, _has_video))
 
 
 def _without_video(call: dict) -> None:
