@@ -183,6 +183,23 @@ def _renumber_positions(user: torch.Tensor, packed: torch.Tensor, mask: torch.Te
 # ----------------------------------------------------------------------------------
 # Building the pruned inputs
 # ----------------------------------------------------------------------------------
+def _split_videos(videos: Any) -> list[torch.Tensor]:
+    """``pixel_values_videos`` (a [V, T, 3, H, W] tensor or a list of [T_v, 3, H, W]) -> V tensors [T_v, 3, H, W]."""
+    if isinstance(videos, torch.Tensor):
+        if videos.dim() != 5:
+            _fail("pixel_values_videos", "a [V, T, 3, H, W] tensor or a list of [T_v, 3, H, W] tensors",
+                  _describe_arg(videos))
+        return list(videos.unbind(0))
+    if not isinstance(videos, (list, tuple)) or len(videos) == 0:
+        _fail("pixel_values_videos", "a [V, T, 3, H, W] tensor or a non-empty list of [T_v, 3, H, W]",
+              _describe_arg(videos))
+    videos = [v[0] if isinstance(v, torch.Tensor) and v.dim() == 5 and v.shape[0] == 1 else v for v in videos]
+    for i, v in enumerate(videos):
+        if not isinstance(v, torch.Tensor) or v.dim() != 4 or v.shape[0] == 0:
+            _fail(f"pixel_values_videos[{i}]", "a [T_v, 3, H, W] tensor", _describe_arg(v))
+    return videos
+
+
 def _video_features(model, patch: _Patch, call: dict) -> list[torch.Tensor]:
     """The model's own video features, split per video: V tensors [T_v, N, D] (newline row removed)."""
     N = patch.grid * patch.grid
@@ -195,20 +212,7 @@ def _video_features(model, patch: _Patch, call: dict) -> list[torch.Tensor]:
                   f"get_video_features returns) with N = {N}", _describe_arg(pooled))
         T = (pooled.shape[1] - newline) // N
         return [f[: T * N].reshape(T, N, -1) for f in pooled.unbind(0)]
-    videos = call["pixel_values_videos"]
-    if isinstance(videos, torch.Tensor):
-        if videos.dim() != 5:
-            _fail("pixel_values_videos", "a [V, T, 3, H, W] tensor or a list of [T_v, 3, H, W] tensors",
-                  _describe_arg(videos))
-        videos = list(videos.unbind(0))
-    elif isinstance(videos, (list, tuple)) and len(videos) > 0:
-        videos = [v[0] if isinstance(v, torch.Tensor) and v.dim() == 5 and v.shape[0] == 1 else v for v in videos]
-        for i, v in enumerate(videos):
-            if not isinstance(v, torch.Tensor) or v.dim() != 4 or v.shape[0] == 0:
-                _fail(f"pixel_values_videos[{i}]", "a [T_v, 3, H, W] tensor", _describe_arg(v))
-    else:
-        _fail("pixel_values_videos", "a [V, T, 3, H, W] tensor or a non-empty list of [T_v, 3, H, W]",
-              _describe_arg(videos))
+    videos = _split_videos(call["pixel_values_videos"])
     groups: dict[tuple, list[int]] = {}
     for i, v in enumerate(videos):
         groups.setdefault(tuple(v.shape), []).append(i)
@@ -245,8 +249,7 @@ def _predictor_frames(patch: _Patch, frames: Any, call: dict, frame_counts: list
     videos = call.get("pixel_values_videos")
     if videos is None:
         _fail("kvtp_frames", "given with mm_encoder_outputs (the predictor needs the frames)", "None")
-    videos = list(videos.unbind(0)) if isinstance(videos, torch.Tensor) else [
-        v[0] if v.dim() == 5 else v for v in videos]
+    videos = _split_videos(videos)
     size = tuple(videos[0].shape[-2:])
     if size != (S, S):
         _fail("predictor", f"a predictor whose image size matches the video frames ({size[0]}x{size[1]} in "
