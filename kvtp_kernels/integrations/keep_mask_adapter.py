@@ -182,18 +182,18 @@ def _prepare(model, patch: KeepMaskPatch, call: dict, query: Any, frames: Any, *
               _describe_arg(call["inputs_embeds"]))
     attention_mask = call.get("attention_mask")
     check_attention_mask(attention_mask)
-    family.check_inputs(model, call, input_ids)
     config = model.config
+    video_mask = input_ids == config.video_token_id
+    thw = family.check_inputs(model, call, video_mask)
     with torch.no_grad():
         positions = family.positions(model, call, input_ids, attention_mask, generating)
-    out, features = family.features(model, call)
+    out, features = family.features(model, call, thw)
     scores = token_scores = None
     if patch.predictor is not None:
         from .predictor_inputs import predictor_inputs
 
         scores, token_scores = predictor_inputs(model, patch, call, query, frames, features, input_ids,
-                                                attention_mask)
-    video_mask = input_ids == family.video_token_id(config)
+                                                attention_mask, video_mask, thw)
     result = prune_to_keep_mask(video_mask, features, attention_mask=attention_mask, scores=scores,
                                 token_scores=token_scores, settings=patch.settings, padding_side=padding_side,
                                 flops_config=config.text_config)

@@ -31,14 +31,8 @@ LLAVA_NEXT_VIDEO_CLASSES = ("LlavaNextVideoForConditionalGeneration",)
 class LlavaNextVideo:
     """Layout of ``LlavaNextVideoForConditionalGeneration``."""
 
-    name = "LlavaNextVideoForConditionalGeneration"
-
     @staticmethod
-    def video_token_id(config) -> int:
-        return config.video_token_id
-
-    @staticmethod
-    def token_grids(model, call: dict) -> list[tuple[int, int]]:
+    def token_grids(model, call: dict, thw: None) -> list[tuple[int, int]]:
         """(h', w') pooled token grid of each video."""
         vision = model.config.vision_config
         side = math.ceil((vision.image_size // vision.patch_size) / model.config.spatial_pool_stride)
@@ -49,12 +43,12 @@ class LlavaNextVideo:
         return 1
 
     @staticmethod
-    def frames_from_pixels(model, call: dict) -> list[torch.Tensor]:
+    def frames_from_pixels(model, call: dict, thw: None = None) -> list[torch.Tensor]:
         """V normalised frames [T, 3, H, W]."""
         return list(call["pixel_values_videos"].unbind(0))
 
     @staticmethod
-    def check_inputs(model, call: dict, input_ids: torch.Tensor) -> None:
+    def check_inputs(model, call: dict, video_mask: torch.Tensor) -> None:
         pixels = call.get("pixel_values_videos")
         if not isinstance(pixels, torch.Tensor) or pixels.dim() != 5:
             _fail("pixel_values_videos", "a [V, T, 3, H, W] tensor", _describe_arg(pixels))
@@ -68,7 +62,7 @@ class LlavaNextVideo:
         return torch.arange(L, device=input_ids.device).expand(B, L)
 
     @staticmethod
-    def features(model, call: dict) -> tuple[Any, list[torch.Tensor]]:
+    def features(model, call: dict, thw: None) -> tuple[Any, list[torch.Tensor]]:
         """The model's own video features -> (its output, V tensors [T, N, D])."""
         config = model.config
         layer = call.get("vision_feature_layer")
