@@ -36,7 +36,7 @@ from ._compat import deepstack_levels, deepstack_like
 from .keep_mask import KeepMaskResult
 from .settings import _describe_arg, _fail
 
-__all__ = ["QWEN_VL_CLASSES", "QwenVL"]
+__all__ = ["QWEN_VL_CLASSES", "QwenVL", "token_types"]
 
 #: The model classes of this family -> their placeholder spans ("video": one per video, "frame": one per patch).
 QWEN_VL_CLASSES = {
@@ -44,6 +44,13 @@ QWEN_VL_CLASSES = {
     "Qwen2_5_VLForConditionalGeneration": "video",
     "Qwen3VLForConditionalGeneration": "frame",
 }
+
+
+def token_types(input_ids: torch.Tensor, image_token_id: int, video_token_id: int) -> torch.Tensor:
+    """``mm_token_type_ids`` as the processor makes them: int32, 0 text, 1 image, 2 video placeholders."""
+    types = torch.zeros_like(input_ids, dtype=torch.int32)
+    types = types.masked_fill(input_ids == image_token_id, 1)
+    return types.masked_fill(input_ids == video_token_id, 2)
 
 
 class QwenVL:
@@ -111,10 +118,7 @@ class QwenVL:
     def _token_types(model, call: dict, input_ids: torch.Tensor) -> torch.Tensor:
         if call.get("mm_token_type_ids") is not None:
             return call["mm_token_type_ids"]
-        config = model.config
-        types = torch.zeros_like(input_ids, dtype=torch.int32)
-        types = types.masked_fill(input_ids == config.image_token_id, 1)
-        return types.masked_fill(input_ids == config.video_token_id, 2)
+        return token_types(input_ids, model.config.image_token_id, model.config.video_token_id)
 
     def positions(self, model, call: dict, input_ids, attention_mask, generating: bool) -> torch.Tensor:
         """M-RoPE positions [3, B, L] of the unpruned prompt, as the unpatched model computes them."""
