@@ -41,12 +41,11 @@ import torch
 
 from . import patching
 from .keep_mask import KeepMaskResult, prune_to_keep_mask
-from .patching import KVTP_KWARGS
 from .placement import check_attention_mask, infer_padding_side
 from .recording import record_stats
 from .settings import KVTPSettings, _describe_arg, _fail
 
-__all__ = ["KVTP_KWARGS", "KeepMaskPatch", "install"]
+__all__ = ["KeepMaskPatch", "install"]
 
 
 @dataclasses.dataclass
