@@ -148,9 +148,9 @@ class QwenVLInputs:
             s = stamps[v] if stamps is not None else None  # frame times; None: one frame per second
             step = float(s[1] - s[0]) if s is not None and len(s) > 1 else 1.0
             seconds.append(step * self.temporal)
-        types = torch.zeros_like(ids, dtype=torch.int32)
-        types[ids == self.ids["image_token_id"]] = 1
-        types[ids == self.video_token_id] = 2
+        from ..integrations.qwen_vl import token_types
+
+        types = token_types(ids, self.ids["image_token_id"], self.video_token_id)
         out = {"pixel_values_videos": torch.cat(rows).to(device=device, dtype=dtype),
                "video_grid_thw": torch.tensor(grids, device=device), "mm_token_type_ids": types.to(device)}
         if self.model_type == "qwen2_5_vl":

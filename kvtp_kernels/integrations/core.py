@@ -70,7 +70,7 @@ from ..options import LAYOUTS
 from ..pack import pack_multimodal
 from .frames import predictor_scores, renormalize_pixels, video_pixel_values
 from .placement import infer_padding_side, locate_videos, placeholder_length
-from .pruning import check_video_scores, group_by_shape, prune_group
+from .pruning import check_video_scores, group_by_shape, prune_by_shape, prune_group
 from .settings import (
     KVTPSettings,
     KVTPStats,
@@ -155,7 +155,7 @@ def prune_video_inputs(
     score_list, token_list = check_video_scores(inputs.features, scores, token_scores, unit="frame", tokens="N")
     placement, padding_side = _plan_placement(inputs, placement, settings.layout, placeholders_per_video,
                                               padding_side)
-    pruned, _ = _prune_videos(inputs.features, score_list, token_list, settings)
+    pruned = _prune_videos(inputs.features, score_list, token_list, settings)
     packed = pack_multimodal(inputs.embeds, inputs.attention_mask, inputs.video_mask, pruned, newline=inputs.newline,
                              layout=settings.layout, grid_width=inputs.grid_width, tokens_per_frame=inputs.N,
                              sample_to_video=placement.sample_to_video, output="padded", padding_side=padding_side)
@@ -249,31 +249,22 @@ def _plan_placement(inputs: _Inputs, placement: VideoPlacement | None, layout: s
 
 
 def _prune_videos(features: list[torch.Tensor], scores: list | None, token_scores: list | None,
-                  settings: KVTPSettings) -> tuple[PrunedTokens, int]:
-    """Prune several videos (possibly of different lengths) -> (PrunedTokens over [V, T_max, N] indices, T_max)."""
-    V = len(features)
-    N = features[0].shape[1]
+                  settings: KVTPSettings) -> PrunedTokens:
+    """Prune several videos (possibly of different lengths) -> PrunedTokens over [V, T_max, N] indices."""
     groups = group_by_shape(features)
+    if len(groups) == 1:
+        return prune_group(features, next(iter(groups.values())), scores, token_scores, settings)
+    # Mixed lengths: rows video by video, indices re-expressed in [V, T_max, N].
+    N = features[0].shape[1]
     T_max = max(T for T, _ in groups)
-    results = [(ids, T, prune_group(features, ids, scores, token_scores, settings)) for (T, _), ids in groups.items()]
-    if len(results) == 1:
-        return results[0][2], T_max
-    # Mixed lengths: reorder rows video by video and re-express indices in [V, T_max, N].
-    device = features[0].device
-    pieces: list[Any] = [None] * V
-    for ids, T, out in results:
-        cu = out.cu_seqlens.tolist()  # host offsets of each video's rows (mixed lengths only)
-        for j, v in enumerate(ids):
-            lo, hi = cu[j], cu[j + 1]
-            local = out.indices[lo:hi] - j * T * N
-            counts = torch.zeros(T_max, dtype=torch.int32, device=device)
-            counts[:T] = out.frame_counts[j]
-            pieces[v] = (out.tokens[lo:hi], local + v * T_max * N, counts, hi - lo)
-    tokens = torch.cat([p[0] for p in pieces])
-    indices = torch.cat([p[1] for p in pieces])
-    frame_counts = torch.stack([p[2] for p in pieces])
+    per_video = prune_by_shape(features, scores, token_scores, settings)
+    tokens = torch.cat([rows for rows, _, _ in per_video])
+    indices = torch.cat([local + v * T_max * N for v, (_, local, _) in enumerate(per_video)])
+    frame_counts = torch.tensor([counts + [0] * (T_max - len(counts)) for _, _, counts in per_video],
+                                dtype=torch.int32, device=features[0].device)
     cu_seqlens, frame_cu = offsets_from_counts(frame_counts)
-    return PrunedTokens(tokens, indices, frame_counts, cu_seqlens, frame_cu, max(p[3] for p in pieces)), T_max
+    max_seqlen = max(rows.shape[0] for rows, _, _ in per_video)
+    return PrunedTokens(tokens, indices, frame_counts, cu_seqlens, frame_cu, max_seqlen)
 
 
 def _move_labels(labels, source_index: torch.Tensor, embeds: torch.Tensor, ignore_index: int) -> torch.Tensor:

@@ -25,7 +25,7 @@ representative token. Per-level side features (Qwen3-VL's deepstack) are pruned
 with the same mask by :meth:`KeepMaskResult.select_rows`.
 
 Host syncs: one per call for the placeholder count, one per shape group for the
-per-video row offsets, one for the lengths of the re-batched prompt.
+per-video row offsets and frame counts, one for the lengths of the re-batched prompt.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import torch
 
 from .._errors import describe as _describe
 from .placement import token_mask
-from .pruning import check_video_scores, group_by_shape, prune_group
+from .pruning import check_video_scores, prune_by_shape
 from .settings import KVTPSettings, KVTPStats, _fail, count_prefill_flops, resolve_settings
 
 __all__ = ["KeepMaskResult", "prune_to_keep_mask"]
@@ -89,19 +89,6 @@ class KeepMaskResult:
         return rows.index_select(0, self.video_rows.to(rows.device))
 
 
-def _prune_by_shape(features: list[torch.Tensor], scores: list | None, token_scores: list | None,
-                    settings: KVTPSettings) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """-> per video (kept rows [K_v, D], local indices [K_v] into T_v*N_v, frame counts [T_v]); one prune per shape."""
-    out: list[Any] = [None] * len(features)
-    for (T, N), ids in group_by_shape(features).items():
-        pruned = prune_group(features, ids, scores, token_scores, settings)
-        cu = pruned.cu_seqlens.tolist()  # host offsets of each video's rows
-        for j, v in enumerate(ids):
-            lo, hi = cu[j], cu[j + 1]
-            out[v] = (pruned.tokens[lo:hi], pruned.indices[lo:hi] - j * T * N, pruned.frame_counts[j])
-    return out
-
-
 def prune_to_keep_mask(
     video_mask: torch.Tensor,
     video_features: Sequence[torch.Tensor],
@@ -139,7 +126,7 @@ def prune_to_keep_mask(
     sizes = [f.shape[0] * f.shape[1] for f in features]
     _check_placeholders(vmask, tmask, sizes)
 
-    per_video = _prune_by_shape(features, score_list, token_list, settings)
+    per_video = prune_by_shape(features, score_list, token_list, settings)
     offsets = [0]
     for n in sizes:
         offsets.append(offsets[-1] + n)
@@ -149,7 +136,7 @@ def prune_to_keep_mask(
 
     kept = torch.cat([tokens for tokens, _, _ in per_video])
     kept_per_video = [tokens.shape[0] for tokens, _, _ in per_video]
-    frame_counts = [counts.tolist() for _, _, counts in per_video]
+    frame_counts = [counts for _, _, counts in per_video]
     video_of_sample = _first_video_per_sample(host[2], offsets)
     stats = count_prefill_flops(KVTPStats(host[1], host[0], sizes, kept_per_video, frame_counts, video_of_sample),
                                 flops_config)

@@ -34,24 +34,18 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import functools
-import inspect
 import threading
 from typing import Any
 
 import torch
 
-from .._errors import describe
 from . import patching
 from .keep_mask import KeepMaskResult, prune_to_keep_mask
-from .patching import KVTP_KWARGS
-from .placement import infer_padding_side
+from .placement import check_attention_mask, infer_padding_side
 from .recording import record_stats
-from .settings import KVTPSettings, _fail
+from .settings import KVTPSettings, _describe_arg, _fail
 
-__all__ = ["KVTP_KWARGS", "KeepMaskPatch", "install"]
-
-_describe = functools.partial(describe, device=False)
+__all__ = ["KeepMaskPatch", "install"]
 
 
 @dataclasses.dataclass
@@ -84,16 +78,16 @@ def install(model: Any, family: Any, settings: KVTPSettings, predictor: Any, tok
 # ----------------------------------------------------------------------------------
 # Wrappers
 # ----------------------------------------------------------------------------------
-def _bound_call(signature: inspect.Signature, args: tuple, kwargs: dict) -> tuple[dict | None, tuple]:
-    """-> (the call as keywords when it carries video pixels, else None; the kvtp keyword arguments)."""
-    extra = tuple(kwargs.pop(name, None) for name in patching.KVTP_KWARGS)
+def _has_pixels(call: dict) -> bool:
+    return call.get("pixel_values_videos") is not None
+
+
+def _video_call(original, args: tuple, kwargs: dict) -> tuple[dict | None, Any, Any]:
+    """-> (the call as keywords when it carries video pixels, else None; kvtp_query; kvtp_frames)."""
     if (kwargs.get("mm_encoder_outputs") or {}).get("video") is not None:
         _fail("mm_encoder_outputs", "without a 'video' entry on a model patched by apply_kvtp (KVTP prunes the "
               "features it computes from pixel_values_videos; pass those instead)", "a 'video' entry")
-    if not args and kwargs.get("pixel_values_videos") is None:
-        return None, extra
-    call = patching.bind_call(signature, args, kwargs)
-    return (call if call.get("pixel_values_videos") is not None else None), extra
+    return patching.video_call(original, args, kwargs, _has_pixels)
 
 
 def _forward(model, *args, **kwargs):
@@ -101,7 +95,7 @@ def _forward(model, *args, **kwargs):
     original = patching.original_method(model, "forward")
     if patch.busy == threading.get_ident():  # a step of our own generate: the call is already pruned
         return original(*args, **kwargs)
-    call, (query, frames) = _bound_call(inspect.signature(original), args, kwargs)
+    call, query, frames = _video_call(original, args, kwargs)
     if call is None:
         return original(*args, **kwargs)
     patching.check_no_cache(call)
@@ -120,7 +114,7 @@ def _forward(model, *args, **kwargs):
 def _generate(model, *args, **kwargs):
     patch = model.__dict__[patching.PATCH_ATTR]
     original = patching.original_method(model, "generate")
-    call, (query, frames) = _bound_call(inspect.signature(original), args, kwargs)
+    call, query, frames = _video_call(original, args, kwargs)
     if call is None:
         return original(*args, **kwargs)
     patching.check_no_cache(call)
@@ -128,7 +122,7 @@ def _generate(model, *args, **kwargs):
         call["input_ids"] = call.pop("inputs")
     if call.get("position_ids") is not None:
         _fail("position_ids", "None with video input to generate (KVTP computes the positions of the unpruned "
-              "prompt itself)", _describe(call["position_ids"]))
+              "prompt itself)", _describe_arg(call["position_ids"]))
     prompt_ids = call.get("input_ids")
     with torch.no_grad():  # as HF's generate
         prepared = _prepare(model, patch, call, query, frames, padding_side="left", generating=True)
@@ -143,7 +137,7 @@ def _check_positions(user: Any, result: KeepMaskResult) -> torch.Tensor:
     B, L = result.keep.shape
     if not isinstance(user, torch.Tensor) or user.dim() not in (2, 3) or tuple(user.shape[-2:]) != (B, L):
         _fail("position_ids", f"[B, L], [3, B, L] or [4, B, L] positions of the unpruned prompt (B, L = {B}, {L})",
-              _describe(user))
+              _describe_arg(user))
     return user
 
 
@@ -181,26 +175,24 @@ def _prepare(model, patch: KeepMaskPatch, call: dict, query: Any, frames: Any, *
     input_ids = call.get("input_ids")
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
         _fail("input_ids", "an integer [B, L] tensor with video input (the placeholders and positions come from it)",
-              _describe(input_ids))
+              _describe_arg(input_ids))
     if call.get("inputs_embeds") is not None:
         _fail("inputs_embeds", "None with video input (pass input_ids: the positions are computed from them)",
-              _describe(call["inputs_embeds"]))
+              _describe_arg(call["inputs_embeds"]))
     attention_mask = call.get("attention_mask")
-    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2):
-        _fail("attention_mask", "a 2-D [B, L] mask with video input (4-D masks are not supported)",
-              _describe(attention_mask))
-    family.check_inputs(model, call, input_ids)
+    check_attention_mask(attention_mask)
     config = model.config
+    video_mask = input_ids == config.video_token_id
+    thw = family.check_inputs(model, call, video_mask)
     with torch.no_grad():
         positions = family.positions(model, call, input_ids, attention_mask, generating)
-    out, features = family.features(model, call)
+    out, features = family.features(model, call, thw)
     scores = token_scores = None
     if patch.predictor is not None:
         from .predictor_inputs import predictor_inputs
 
         scores, token_scores = predictor_inputs(model, patch, call, query, frames, features, input_ids,
-                                                attention_mask)
-    video_mask = input_ids == family.video_token_id(config)
+                                                attention_mask, video_mask, thw)
     result = prune_to_keep_mask(video_mask, features, attention_mask=attention_mask, scores=scores,
                                 token_scores=token_scores, settings=patch.settings, padding_side=padding_side,
                                 flops_config=config.text_config)

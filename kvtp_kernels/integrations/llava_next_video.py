@@ -14,35 +14,25 @@ What this model needs (the wrappers are :mod:`.keep_mask_adapter`'s):
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
 import torch
 
-from .._errors import describe
 from ._compat import frames_by_tokens, video_features_keyword
 from .keep_mask import KeepMaskResult
-from .settings import _fail
+from .settings import _describe_arg, _fail
 
 __all__ = ["LLAVA_NEXT_VIDEO_CLASSES", "LlavaNextVideo"]
 
 LLAVA_NEXT_VIDEO_CLASSES = ("LlavaNextVideoForConditionalGeneration",)
 
-_describe = functools.partial(describe, device=False)
-
 
 class LlavaNextVideo:
     """Layout of ``LlavaNextVideoForConditionalGeneration``."""
 
-    name = "LlavaNextVideoForConditionalGeneration"
-
     @staticmethod
-    def video_token_id(config) -> int:
-        return config.video_token_id
-
-    @staticmethod
-    def token_grids(model, call: dict) -> list[tuple[int, int]]:
+    def token_grids(model, call: dict, thw: None) -> list[tuple[int, int]]:
         """(h', w') pooled token grid of each video."""
         vision = model.config.vision_config
         side = math.ceil((vision.image_size // vision.patch_size) / model.config.spatial_pool_stride)
@@ -53,15 +43,15 @@ class LlavaNextVideo:
         return 1
 
     @staticmethod
-    def frames_from_pixels(model, call: dict) -> list[torch.Tensor]:
+    def frames_from_pixels(model, call: dict, thw: None = None) -> list[torch.Tensor]:
         """V normalised frames [T, 3, H, W]."""
         return list(call["pixel_values_videos"].unbind(0))
 
     @staticmethod
-    def check_inputs(model, call: dict, input_ids: torch.Tensor) -> None:
+    def check_inputs(model, call: dict, video_mask: torch.Tensor) -> None:
         pixels = call.get("pixel_values_videos")
         if not isinstance(pixels, torch.Tensor) or pixels.dim() != 5:
-            _fail("pixel_values_videos", "a [V, T, 3, H, W] tensor", _describe(pixels))
+            _fail("pixel_values_videos", "a [V, T, 3, H, W] tensor", _describe_arg(pixels))
 
     @staticmethod
     def positions(model, call: dict, input_ids, attention_mask, generating: bool) -> torch.Tensor:
@@ -72,7 +62,7 @@ class LlavaNextVideo:
         return torch.arange(L, device=input_ids.device).expand(B, L)
 
     @staticmethod
-    def features(model, call: dict) -> tuple[Any, list[torch.Tensor]]:
+    def features(model, call: dict, thw: None) -> tuple[Any, list[torch.Tensor]]:
         """The model's own video features -> (its output, V tensors [T, N, D])."""
         config = model.config
         layer = call.get("vision_feature_layer")

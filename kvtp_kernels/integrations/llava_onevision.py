@@ -56,39 +56,33 @@ Copies: ``copy.deepcopy`` of a patched model is a patched model of its own (its
 from __future__ import annotations
 
 import dataclasses
-import functools
-import inspect
 import math
 from typing import Any
 
 import torch
 
-from .._errors import describe
 from . import _compat
 from ._compat import MIN_TRANSFORMERS
 from .core import prune_video_inputs
 from .frames import predictor_scores, renormalize_pixels
 from .patching import (
-    KVTP_KWARGS,
     PATCH_ATTR,
     Patch,
-    bind_call,
     check_no_cache,
     count_lengths_from_prompt,
     install_patch,
     original_method,
     saved_methods,
+    video_call,
     with_prompt,
 )
-from .placement import locate_videos
+from .placement import check_attention_mask, locate_videos
 from .predictor_inputs import given_frames, video_queries
 from .recording import record_stats
-from .settings import KVTPSettings, VideoPlacement, _fail
+from .settings import KVTPSettings, VideoPlacement, _describe_arg, _fail
 
 __all__ = ["MIN_TRANSFORMERS", "install"]
 
-
-_describe = functools.partial(describe, device=False)
 
 
 @dataclasses.dataclass
@@ -117,13 +111,8 @@ def _has_video(call: dict) -> bool:
 
 def _intercept(model, name: str, args: tuple, kwargs: dict) -> tuple[_Patch, Any, dict | None, Any, Any]:
     """-> (the patch, the original method, the bound call when it has video else None, kvtp_query, kvtp_frames)."""
-    patch = model.__dict__[PATCH_ATTR]
     original = original_method(model, name)
-    query, frames = (kwargs.pop(key, None) for key in KVTP_KWARGS)
-    if not args and not _has_video(kwargs):  # the common case (e.g. every decoding step): no binding
-        return patch, original, None, query, frames
-    call = bind_call(inspect.signature(original), args, kwargs)
-    return patch, original, (call if _has_video(call) else None), query, frames
+    return (model.__dict__[PATCH_ATTR], original, *video_call(original, args, kwargs, _has_video))
 
 
 def _without_video(call: dict) -> None:
@@ -167,7 +156,7 @@ def _generate(model, *args, **kwargs):
         prompt_ids = call.get("input_ids")
     if prompt_ids is not None:
         if not isinstance(prompt_ids, torch.Tensor) or prompt_ids.dim() != 2 or prompt_ids.is_floating_point():
-            _fail("input_ids", "an integer [B, L] tensor", _describe(prompt_ids))
+            _fail("input_ids", "an integer [B, L] tensor", _describe_arg(prompt_ids))
         call["input_ids"] = prompt_ids
     with torch.no_grad():  # as HF's generate, which runs under no_grad
         result, _ = _prepare(model, patch, call, query, frames, padding_side="left", labels=None)
@@ -185,7 +174,7 @@ def _renumber_positions(user: torch.Tensor, packed: torch.Tensor, mask: torch.Te
                         placement: VideoPlacement) -> torch.Tensor:
     """Contiguous positions over the pruned sequence, starting at each sample's first given position."""
     if not isinstance(user, torch.Tensor) or user.dim() != 2:
-        _fail("position_ids", "a [B, L] tensor (1-D RoPE positions)", _describe(user))
+        _fail("position_ids", "a [B, L] tensor (1-D RoPE positions)", _describe_arg(user))
     first = torch.tensor(placement.first_positions, dtype=torch.long, device=user.device)
     start = user.gather(1, first[:, None]).to(packed.device)
     return torch.where(mask.ne(0), packed + start, torch.zeros_like(packed))
@@ -194,6 +183,23 @@ def _renumber_positions(user: torch.Tensor, packed: torch.Tensor, mask: torch.Te
 # ----------------------------------------------------------------------------------
 # Building the pruned inputs
 # ----------------------------------------------------------------------------------
+def _split_videos(videos: Any) -> list[torch.Tensor]:
+    """``pixel_values_videos`` (a [V, T, 3, H, W] tensor or a list of [T_v, 3, H, W]) -> V tensors [T_v, 3, H, W]."""
+    if isinstance(videos, torch.Tensor):
+        if videos.dim() != 5:
+            _fail("pixel_values_videos", "a [V, T, 3, H, W] tensor or a list of [T_v, 3, H, W] tensors",
+                  _describe_arg(videos))
+        return list(videos.unbind(0))
+    if not isinstance(videos, (list, tuple)) or len(videos) == 0:
+        _fail("pixel_values_videos", "a [V, T, 3, H, W] tensor or a non-empty list of [T_v, 3, H, W]",
+              _describe_arg(videos))
+    videos = [v[0] if isinstance(v, torch.Tensor) and v.dim() == 5 and v.shape[0] == 1 else v for v in videos]
+    for i, v in enumerate(videos):
+        if not isinstance(v, torch.Tensor) or v.dim() != 4 or v.shape[0] == 0:
+            _fail(f"pixel_values_videos[{i}]", "a [T_v, 3, H, W] tensor", _describe_arg(v))
+    return videos
+
+
 def _video_features(model, patch: _Patch, call: dict) -> list[torch.Tensor]:
     """The model's own video features, split per video: V tensors [T_v, N, D] (newline row removed)."""
     N = patch.grid * patch.grid
@@ -203,23 +209,10 @@ def _video_features(model, patch: _Patch, call: dict) -> list[torch.Tensor]:
         pooled = getattr(mm["video"], "pooler_output", mm["video"])
         if not isinstance(pooled, torch.Tensor) or pooled.dim() != 3 or (pooled.shape[1] - newline) % N:
             _fail("mm_encoder_outputs['video'].pooler_output", f"a [V, T*N{' + 1' * newline}, D] tensor (what "
-                  f"get_video_features returns) with N = {N}", _describe(pooled))
+                  f"get_video_features returns) with N = {N}", _describe_arg(pooled))
         T = (pooled.shape[1] - newline) // N
         return [f[: T * N].reshape(T, N, -1) for f in pooled.unbind(0)]
-    videos = call["pixel_values_videos"]
-    if isinstance(videos, torch.Tensor):
-        if videos.dim() != 5:
-            _fail("pixel_values_videos", "a [V, T, 3, H, W] tensor or a list of [T_v, 3, H, W] tensors",
-                  _describe(videos))
-        videos = list(videos.unbind(0))
-    elif isinstance(videos, (list, tuple)) and len(videos) > 0:
-        videos = [v[0] if isinstance(v, torch.Tensor) and v.dim() == 5 and v.shape[0] == 1 else v for v in videos]
-        for i, v in enumerate(videos):
-            if not isinstance(v, torch.Tensor) or v.dim() != 4 or v.shape[0] == 0:
-                _fail(f"pixel_values_videos[{i}]", "a [T_v, 3, H, W] tensor", _describe(v))
-    else:
-        _fail("pixel_values_videos", "a [V, T, 3, H, W] tensor or a non-empty list of [T_v, 3, H, W]",
-              _describe(videos))
+    videos = _split_videos(call["pixel_values_videos"])
     groups: dict[tuple, list[int]] = {}
     for i, v in enumerate(videos):
         groups.setdefault(tuple(v.shape), []).append(i)
@@ -251,13 +244,12 @@ def _predictor_frames(patch: _Patch, frames: Any, call: dict, frame_counts: list
                               "or a list")
         for v, f in enumerate(frames):
             if f.dim() < 1 or f.shape[0] != frame_counts[v]:
-                _fail(f"kvtp_frames[{v}]", f"{frame_counts[v]} frames (those of video {v})", _describe(f))
+                _fail(f"kvtp_frames[{v}]", f"{frame_counts[v]} frames (those of video {v})", _describe_arg(f))
         return frames
     videos = call.get("pixel_values_videos")
     if videos is None:
         _fail("kvtp_frames", "given with mm_encoder_outputs (the predictor needs the frames)", "None")
-    videos = list(videos.unbind(0)) if isinstance(videos, torch.Tensor) else [
-        v[0] if v.dim() == 5 else v for v in videos]
+    videos = _split_videos(videos)
     size = tuple(videos[0].shape[-2:])
     if size != (S, S):
         _fail("predictor", f"a predictor whose image size matches the video frames ({size[0]}x{size[1]} in "
@@ -287,9 +279,7 @@ def _prepare(model, patch: _Patch, call: dict, query: Any, frames: Any, *, paddi
     else:  # as HF does for embeddings input: the placeholders are the video token's embedding
         token = embed(torch.tensor(config.video_token_id, device=inputs_embeds.device))
         video_mask = (inputs_embeds == token).all(-1)
-    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2):
-        _fail("attention_mask", "a 2-D [B, L] mask with video input (4-D masks are not supported)",
-              _describe(attention_mask))
+    check_attention_mask(attention_mask)
 
     features = _video_features(model, patch, call)
     placement = locate_videos(video_mask, attention_mask, len(features))

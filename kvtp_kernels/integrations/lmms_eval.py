@@ -413,9 +413,6 @@ class KVTPVideoLmms(lmms):
     def _bad(self, name: str, expected: str, got: Any):
         args_.bad(self.model_id, name, expected, got)
 
-    def _flag(self, name: str, value: Any) -> bool:
-        return args_.flag(self.model_id, name, value)
-
     def _resolve(self, function, name: str, value: Any, *args, **kwargs):
         """Call one of kvtp eval's loaders, re-labelling its error with the model arg's name."""
         from ..evaluation import EvalError

@@ -22,7 +22,7 @@ from .recording import STATS_ATTR
 
 __all__ = ["KVTP_KWARGS", "PATCH_ATTR", "Patch", "bind_call", "check_no_cache", "count_lengths_from_prompt",
            "from_processor", "install_method", "install_patch", "is_kvtp_applied", "original_method", "remove_kvtp",
-           "saved_methods", "with_prompt"]
+           "saved_methods", "video_call", "with_prompt"]
 
 #: Extra keyword arguments the patched forward / generate accept.
 KVTP_KWARGS = ("kvtp_query", "kvtp_frames")
@@ -100,6 +100,19 @@ def bind_call(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict[s
         else:
             call[name] = value
     return call
+
+
+def video_call(original, args: tuple, kwargs: dict, has_video) -> tuple[dict[str, Any] | None, Any, Any]:
+    """A patched call -> (its arguments as keywords if ``has_video`` of them, else None; kvtp_query, kvtp_frames).
+
+    The :data:`KVTP_KWARGS` are popped from ``kwargs``. A call with keywords only and no
+    video among them (e.g. every decoding step) is not bound: no signature lookup.
+    """
+    query, frames = (kwargs.pop(key, None) for key in KVTP_KWARGS)
+    if not args and not has_video(kwargs):
+        return None, query, frames
+    call = bind_call(inspect.signature(original), args, kwargs)
+    return (call if has_video(call) else None), query, frames
 
 
 def check_no_cache(call: dict) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from .._errors import describe as _describe
-from .settings import VideoPlacement, _fail
+from .settings import VideoPlacement, _describe_arg, _fail
 
-__all__ = ["infer_padding_side", "locate_videos", "placeholder_length", "token_mask"]
+__all__ = ["check_attention_mask", "infer_padding_side", "locate_videos", "placeholder_length", "token_mask"]
 
 
 def placeholder_length(num_frames: int, tokens_per_frame: int, layout: str, grid_width: int | None = None) -> int:
@@ -44,6 +44,13 @@ def infer_padding_side(attention_mask: torch.Tensor | None) -> str:
         return "right"
     _fail("attention_mask", "left- or right-padded (every row ending, or every row starting, with a token)",
           "rows padded on both sides")
+
+
+def check_attention_mask(attention_mask) -> None:
+    """With video input the attention mask is None or a 2-D [B, L] tensor (4-D masks are not supported)."""
+    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2):
+        _fail("attention_mask", "a 2-D [B, L] mask with video input (4-D masks are not supported)",
+              _describe_arg(attention_mask))
 
 
 def token_mask(attention_mask: torch.Tensor | None, vmask: torch.Tensor) -> torch.Tensor:

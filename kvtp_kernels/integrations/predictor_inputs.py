@@ -21,19 +21,15 @@ For each video of a call (:mod:`.keep_mask_adapter`):
 from __future__ import annotations
 
 import bisect
-import functools
 import math
 from typing import Any
 
 import torch
 
-from .._errors import describe
 from .frames import predictor_scores, renormalize_pixels
-from .settings import _fail
+from .settings import _describe_arg, _fail
 
 __all__ = ["given_frames", "pool_per_unit", "predictor_inputs", "video_queries", "video_samples"]
-
-_describe = functools.partial(describe, device=False)
 
 
 def video_samples(video_mask: torch.Tensor, sizes: list[int]) -> list[int]:
@@ -99,7 +95,7 @@ def given_frames(frames: Any, num_videos: int, expected: str) -> list[torch.Tens
         frames = list(frames.unbind(0))
     if not isinstance(frames, (list, tuple)) or len(frames) != num_videos:
         _fail("kvtp_frames", expected,
-              _describe(frames) if not isinstance(frames, (list, tuple)) else f"a list of {len(frames)}")
+              _describe_arg(frames) if not isinstance(frames, (list, tuple)) else f"a list of {len(frames)}")
     return [f if isinstance(f, torch.Tensor) else torch.as_tensor(f) for f in frames]
 
 
@@ -110,12 +106,16 @@ def _to_uint8(frames: torch.Tensor, mean, std) -> torch.Tensor:
 
 
 def predictor_inputs(model, patch, call: dict, query: Any, frames: Any, features: list[torch.Tensor],
-                     input_ids: torch.Tensor, attention_mask) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """-> (V frame-unit scores [T_v], V token importances [T_v, N_v]) for :func:`prune_to_keep_mask`."""
+                     input_ids: torch.Tensor, attention_mask, video_mask: torch.Tensor,
+                     thw: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """-> (V frame-unit scores [T_v], V token importances [T_v, N_v]) for :func:`prune_to_keep_mask`.
+
+    ``video_mask``: the placeholders (``input_ids == video_token_id``); ``thw``: the family's
+    ``check_inputs`` result (Qwen-VL: ``video_grid_thw`` on the host).
+    """
     family, predictor = patch.family, patch.predictor
     config = model.config
     V = len(features)
-    video_mask = input_ids == family.video_token_id(config)
     samples = video_samples(video_mask, [f.shape[0] * f.shape[1] for f in features])
     skip_ids = [getattr(config, name) for name in ("image_token_id", "vision_start_token_id", "vision_end_token_id")
                 if getattr(config, name, None) is not None]
@@ -129,8 +129,8 @@ def predictor_inputs(model, patch, call: dict, query: Any, frames: Any, features
         if patch.pixel_mean is None:
             _fail("kvtp_frames", "given, or apply_kvtp(..., processor=) given so that the frames can be recovered "
                   "from pixel_values_videos (its image_mean / image_std)", "neither")
-        frames = [_to_uint8(f, patch.pixel_mean, patch.pixel_std) for f in family.frames_from_pixels(model, call)]
-    grids = family.token_grids(model, call)
+        frames = [_to_uint8(f, patch.pixel_mean, patch.pixel_std) for f in family.frames_from_pixels(model, call, thw)]
+    grids = family.token_grids(model, call, thw)
     scores: list[Any] = [None] * V
     importance: list[Any] = [None] * V
     for grid in dict.fromkeys(grids):

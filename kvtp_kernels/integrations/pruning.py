@@ -15,7 +15,7 @@ from .._errors import describe as _describe
 from ..api import PrunedTokens, prune
 from .settings import KVTPSettings, _fail
 
-__all__ = ["check_video_scores", "group_by_shape", "per_video", "prune_group"]
+__all__ = ["check_video_scores", "group_by_shape", "per_video", "prune_by_shape", "prune_group"]
 
 
 def per_video(arg: str, value: Any, num_videos: int) -> list:
@@ -80,3 +80,22 @@ def prune_group(features: list[torch.Tensor], ids: list[int], scores: list | Non
     return prune(tokens, s, settings.budget, token_scores=ts, temperature=settings.temperature,
                  allocation=settings.allocation, min_tokens_per_frame=settings.min_tokens_per_frame,
                  method=settings.method, backend=settings.backend, **merge_kw)
+
+
+def prune_by_shape(features: list[torch.Tensor], scores: list | None, token_scores: list | None,
+                   settings: KVTPSettings) -> list[tuple[torch.Tensor, torch.Tensor, list[int]]]:
+    """Prune V videos [T_v, N_v, D], one :func:`prune_group` per shape -> per video (kept rows [K_v, D],
+    local indices [K_v] into its T_v*N_v rows, host list of the tokens kept in each of its T_v frames).
+
+    One host read per shape group (the per-video row offsets and frame counts).
+    """
+    out: list[Any] = [None] * len(features)
+    for (T, N), ids in group_by_shape(features).items():
+        pruned = prune_group(features, ids, scores, token_scores, settings)
+        G = len(ids)
+        host = torch.cat([pruned.cu_seqlens, pruned.frame_counts.reshape(-1)]).tolist()
+        for j, v in enumerate(ids):
+            lo, hi = host[j], host[j + 1]
+            counts = host[G + 1 + j * T:G + 1 + (j + 1) * T]
+            out[v] = (pruned.tokens[lo:hi], pruned.indices[lo:hi] - j * T * N, counts)
+    return out

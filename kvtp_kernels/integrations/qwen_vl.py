@@ -28,17 +28,15 @@ What these models need (transformers 5.17 to 5.24; the wrappers are
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
 
-from .._errors import describe
 from ._compat import deepstack_levels, deepstack_like
 from .keep_mask import KeepMaskResult
-from .settings import _fail
+from .settings import _describe_arg, _fail
 
-__all__ = ["QWEN_VL_CLASSES", "QwenVL"]
+__all__ = ["QWEN_VL_CLASSES", "QwenVL", "token_types"]
 
 #: The model classes of this family -> their placeholder spans ("video": one per video, "frame": one per patch).
 QWEN_VL_CLASSES = {
@@ -47,25 +45,25 @@ QWEN_VL_CLASSES = {
     "Qwen3VLForConditionalGeneration": "frame",
 }
 
-_describe = functools.partial(describe, device=False)
+
+def token_types(input_ids: torch.Tensor, image_token_id: int, video_token_id: int) -> torch.Tensor:
+    """``mm_token_type_ids`` as the processor makes them: int32, 0 text, 1 image, 2 video placeholders."""
+    types = torch.zeros_like(input_ids, dtype=torch.int32)
+    types = types.masked_fill(input_ids == image_token_id, 1)
+    return types.masked_fill(input_ids == video_token_id, 2)
 
 
 class QwenVL:
     """Layout of one Qwen-VL model class (``spans``: "video" or "frame")."""
 
     def __init__(self, class_name: str):
-        self.name = class_name
         self.spans = QWEN_VL_CLASSES[class_name]
 
     @staticmethod
-    def video_token_id(config) -> int:
-        return config.video_token_id
-
-    @staticmethod
-    def token_grids(model, call: dict) -> list[tuple[int, int]]:
-        """(h', w') token grid of each video (after the spatial merge)."""
+    def token_grids(model, call: dict, thw: list[list[int]]) -> list[tuple[int, int]]:
+        """(h', w') token grid of each video (after the spatial merge); ``thw``: :meth:`check_inputs`'s."""
         merge = int(model.config.vision_config.spatial_merge_size)
-        return [(h // merge, w // merge) for _, h, w in call["video_grid_thw"].tolist()]
+        return [(h // merge, w // merge) for _, h, w in thw]
 
     @staticmethod
     def frames_per_unit(config) -> int:
@@ -73,53 +71,54 @@ class QwenVL:
         return int(config.vision_config.temporal_patch_size)
 
     @staticmethod
-    def frames_from_pixels(model, call: dict) -> list[torch.Tensor]:
+    def frames_from_pixels(model, call: dict, thw: list[list[int]] | None = None) -> list[torch.Tensor]:
         """The processor's flattened patches -> V normalised frames [t*t_p, C, h*p, w*p].
 
         Rows of a video are (t, h/m, w/m, m, m) and columns (C, t_p, p, p) (m the spatial
         merge, p the patch size, t_p the temporal patch): the order the vision tower's
-        patch embedding and 2x2 merger read them in.
+        patch embedding and 2x2 merger read them in. ``thw``: ``video_grid_thw`` on the
+        host (None: read from the call).
         """
         vision = model.config.vision_config
         p, tp, m, C = (int(vision.patch_size), int(vision.temporal_patch_size), int(vision.spatial_merge_size),
                        int(vision.in_channels))
         pixels, out, start = call["pixel_values_videos"], [], 0
-        for t, h, w in call["video_grid_thw"].tolist():
+        for t, h, w in (call["video_grid_thw"].tolist() if thw is None else thw):
             rows = pixels[start:start + t * h * w]
             start += t * h * w
             x = rows.reshape(t, h // m, w // m, m, m, C, tp, p, p).permute(0, 6, 5, 1, 3, 7, 2, 4, 8)
             out.append(x.reshape(t * tp, C, h * p, w * p))
         return out
 
-    def check_inputs(self, model, call: dict, input_ids: torch.Tensor) -> None:
+    def check_inputs(self, model, call: dict, video_mask: torch.Tensor) -> list[list[int]]:
+        """Check the video inputs -> ``video_grid_thw`` on the host (V lists [t, h, w]: the call's one read of it)."""
         pixels, grid = call.get("pixel_values_videos"), call.get("video_grid_thw")
         if not isinstance(pixels, torch.Tensor) or pixels.dim() != 2:
             _fail("pixel_values_videos", "the processor's flattened patches [sum t*h*w, C*t_p*p*p]",
-                  _describe(pixels))
+                  _describe_arg(pixels))
         if not isinstance(grid, torch.Tensor) or grid.dim() != 2 or grid.shape[1] != 3:
-            _fail("video_grid_thw", "a [V, 3] tensor (t, h, w per video) with pixel_values_videos", _describe(grid))
-        if int(grid.prod(-1).sum()) != pixels.shape[0]:
+            _fail("video_grid_thw", "a [V, 3] tensor (t, h, w per video) with pixel_values_videos", _describe_arg(grid))
+        thw = grid.tolist()
+        if sum(t * h * w for t, h, w in thw) != pixels.shape[0]:
             _fail("video_grid_thw", f"grids whose t*h*w sum to the {pixels.shape[0]} rows of pixel_values_videos",
-                  f"{grid.tolist()}")
-        config = model.config
-        merge = int(config.vision_config.spatial_merge_size)
-        expected = int((grid.prod(-1) // (merge * merge)).sum())
-        found = int((input_ids == config.video_token_id).sum())
+                  f"{thw}")
+        merge = int(model.config.vision_config.spatial_merge_size)
+        expected = sum(t * h * w // (merge * merge) for t, h, w in thw)
+        found = int(video_mask.sum())
         if found != expected:
             _fail("input_ids", f"{expected} video placeholder tokens (sum of t*(h/{merge})*(w/{merge}) over "
-                  f"video_grid_thw = {grid.tolist()})", f"{found}")
+                  f"video_grid_thw = {thw})", f"{found}")
         types = call.get("mm_token_type_ids")
-        if types is not None and (not isinstance(types, torch.Tensor) or types.shape != input_ids.shape):
-            _fail("mm_token_type_ids", f"a [B, L] = {list(input_ids.shape)} tensor like input_ids", _describe(types))
+        if types is not None and (not isinstance(types, torch.Tensor) or types.shape != video_mask.shape):
+            _fail("mm_token_type_ids", f"a [B, L] = {list(video_mask.shape)} tensor like input_ids",
+                  _describe_arg(types))
+        return thw
 
     @staticmethod
     def _token_types(model, call: dict, input_ids: torch.Tensor) -> torch.Tensor:
         if call.get("mm_token_type_ids") is not None:
             return call["mm_token_type_ids"]
-        config = model.config
-        types = torch.zeros_like(input_ids, dtype=torch.int32)
-        types = types.masked_fill(input_ids == config.image_token_id, 1)
-        return types.masked_fill(input_ids == config.video_token_id, 2)
+        return token_types(input_ids, model.config.image_token_id, model.config.video_token_id)
 
     def positions(self, model, call: dict, input_ids, attention_mask, generating: bool) -> torch.Tensor:
         """M-RoPE positions [3, B, L] of the unpruned prompt, as the unpatched model computes them."""
@@ -131,14 +130,14 @@ class QwenVL:
         return positions
 
     @staticmethod
-    def features(model, call: dict) -> tuple[Any, list[torch.Tensor]]:
+    def features(model, call: dict, thw: list[list[int]]) -> tuple[Any, list[torch.Tensor]]:
         """The model's own video features -> (its output, V tensors [T', N, D] in (t, h, w) raster order)."""
         pixels, grid = call["pixel_values_videos"], call["video_grid_thw"]
         merge = int(model.config.vision_config.spatial_merge_size)
         inner = model.model  # the class's method: another thread's call may be handing over kept rows
         out = type(inner).get_video_features(inner, pixels, grid, return_dict=True)
         features = []
-        for v, (t, h, w) in enumerate(grid.tolist()):
+        for v, (t, h, w) in enumerate(thw):
             N = (h // merge) * (w // merge)
             rows = out.pooler_output[v]
             if rows.shape[0] != t * N:

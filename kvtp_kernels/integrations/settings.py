@@ -27,6 +27,8 @@ __all__ = ["KVTPSettings", "KVTPStats", "VideoPlacement", "VideoPruneResult", "c
 
 
 _fail = functools.partial(fail, "kvtp_kernels.integrations")
+#: :func:`describe` without the device, for the messages about a call's arguments (dtype and shape)
+_describe_arg = functools.partial(_describe, device=False)
 
 
 @dataclasses.dataclass(frozen=True)
