@@ -552,7 +552,7 @@ def test_label_files_csv_json_jsonl(tmp_path):
 
 
 #: Label files that read_relevance_labels refuses: (name, content, the error it raises).
-_LABEL_ERRORS = [
+_CSV_LABEL_ERRORS = [
     ("h.csv", "video,query\nx,y\n", r"h\.csv: line 1 \(header\): missing column\(s\) \['labels'\]"),
     ("r.csv", "video,query,labels\n{v},a dog,0 1 6\n", r"r\.csv: line 2: column 'labels': label 2 is 6, outside 0..5"),
     ("n.csv", "video,query,labels\n{v},a dog,0 -1\n", r"n\.csv: line 2: column 'labels': label 1 is -1, outside"),
@@ -562,6 +562,8 @@ _LABEL_ERRORS = [
     ("s.csv", "video,query,labels\n{v},a dog\n", r"s\.csv: line 2: missing column\(s\) \['labels'\]"),
     ("m.csv", "video,query,labels\nnowhere.mp4,a dog,1\n", r"m\.csv: line 2: column 'video': no such file"),
     ("z.csv", "video,query,labels\n", r"z\.csv: no examples"),
+]
+_OTHER_LABEL_ERRORS = [
     ("k.jsonl", '{{"video": "{v}", "query": "a"}}\n', r"k\.jsonl: line 1: missing column\(s\) \['labels'\]"),
     ("j.json", '[{{"video": "{v}", "query": "a", "labels": [9]}}]', r"j\.json: item 0: column 'labels': label 0 is 9"),
     ("o.json", '{{"video": "{v}"}}', r"o\.json: must hold a JSON list"),
@@ -569,7 +571,7 @@ _LABEL_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("name, content, pattern", _LABEL_ERRORS)
+@pytest.mark.parametrize("name, content, pattern", _CSV_LABEL_ERRORS + _OTHER_LABEL_ERRORS)
 def test_label_file_errors(tmp_path, name, content, pattern):
     path = tmp_path / name
     path.write_text(content.format(v=sample_video()))
