@@ -154,7 +154,10 @@ def spill_bytes(ptx: str, capability: int) -> int:
             f.write(ptx)
         log = subprocess.run([get_ptxas(capability).path, "-v", f"--gpu-name={sm_arch_from_capability(capability)}",
                               src, "-o", os.path.join(tmp, "k.cubin")], capture_output=True, text=True, check=True)
-    return sum(int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", log.stderr + log.stdout))
+    spills = re.findall(r"(\d+) bytes spill (?:stores|loads)", log.stderr + log.stdout)
+    if not spills:
+        raise RuntimeError(f"kernel_model: ptxas -v printed no spill report:\n{log.stderr}{log.stdout}")
+    return sum(int(n) for n in spills)
 
 
 def compiled_usage(kernel, capability: int) -> Usage:

@@ -44,6 +44,7 @@ if os.environ.get("TRITON_INTERPRET", "0") == "1":
 from bench import kernel_model as km  # noqa: E402
 from bench.kernel_launches import Launch, compile_launch, record  # noqa: E402
 from bench.kernel_scenarios import HEADLINE, SCENARIOS, SHAPES, Scenario, Shape  # noqa: E402
+from bench.report import format_table  # noqa: E402
 from kvtp_kernels.kernels._traffic import Traffic  # noqa: E402
 
 CAPABILITIES = (80, 89, 90, 100)
@@ -114,12 +115,6 @@ def usages(rows_by_cap: dict[int, list[Row]]) -> dict:
     return cache
 
 
-def _table(headers, lines) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *lines)]
-    fmt = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    return "\n".join([fmt(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(x) for x in lines])
-
-
 def _ratio(model_us: float, floor_us: float) -> str:
     return f"{model_us / floor_us:.1f}" if floor_us >= 0.1 else "-"  # a floor under 0.1 us: launch-bound
 
@@ -135,9 +130,9 @@ def launch_table(rows, usage) -> str:
                       f"{t.waves:.2f}", f"{r.traffic.read / 1e6:.2f}", f"{r.traffic.written / 1e6:.2f}",
                       f"{r.traffic.l2_read / 1e6:.1f}", f"{t.inflight_per_sm / 1024:.0f}", t.bound,
                       f"{t.model_us:.1f}", f"{floor:.1f}", _ratio(t.model_us, floor)])
-    return _table(["shape", "call", "kernel", "grid", "warps", "regs", "spill B", "smem KB", "CTA/SM", "waves",
-                   "MB read", "MB written", "L2 MB", "KB in flight/SM", "bound", "model us", "floor us", "x floor"],
-                  lines)
+    return format_table(["shape", "call", "kernel", "grid", "warps", "regs", "spill B", "smem KB", "CTA/SM",
+                         "waves", "MB read", "MB written", "L2 MB", "KB in flight/SM", "bound", "model us", "floor us",
+                         "x floor"], lines)
 
 
 def call_table(rows, usage) -> tuple[str, list[str]]:
@@ -162,8 +157,8 @@ def call_table(rows, usage) -> tuple[str, list[str]]:
             lines.append([shape.name, scenario.name, len(mine), f"{scenario.floor_bytes(shape) / 1e6:.1f}",
                           f"{moved / 1e6:.1f}", f"{floor:.1f}", f"{fp64:.1f}", f"{model:.1f}", _ratio(model, floor),
                           verdict])
-    return _table(["shape", "call", "launches", "min MB", "moved MB", "floor us", "fp64 us", "model us", "x floor",
-                   "target"], lines), missed
+    return format_table(["shape", "call", "launches", "min MB", "moved MB", "floor us", "fp64 us", "model us",
+                         "x floor", "target"], lines), missed
 
 
 def arch_table(rows_by_cap, usage, capabilities) -> tuple[str, list[str]]:
@@ -192,7 +187,7 @@ def arch_table(rows_by_cap, usage, capabilities) -> tuple[str, list[str]]:
                 failures.append(f"{where}: spills {u.spill_bytes} bytes per thread")
         lines.append(cells)
     headers = ["shape", "call", "kernel", "warps"] + [f"sm_{c} reg/spill/smemKB/CTAs" for c in capabilities]
-    return _table(headers, lines), failures
+    return format_table(headers, lines), failures
 
 
 def fp64_table(rows) -> str:
@@ -207,8 +202,8 @@ def fp64_table(rows) -> str:
             fp64, floor = km.fp64_us(flops, gpu), km.floor_us(scenario.floor_bytes(HEADLINE), gpu)
             cells.append(f"{fp64:.0f} / {floor:.0f}" + (" SLOW" if fp64 > floor else ""))
         lines.append(cells)
-    return _table(["call (headline)", "fp64 GFLOP"] + [f"{km.GPUS[c].name} fp64 us / floor us" for c in
-                                                        (80, 86, 89, 90, 100)], lines)
+    return format_table(["call (headline)", "fp64 GFLOP"] + [f"{km.GPUS[c].name} fp64 us / floor us" for c in
+                                                             (80, 86, 89, 90, 100)], lines)
 
 
 def copy_checks(rows, usage) -> list[str]:
@@ -234,7 +229,7 @@ def cuda_table() -> str:
         return "(the extension was built without CUDA kernels)"
     usage = km.resource_usage(kvtp_kernels._C.__file__)
     lines = [[km.demangle(key.split("@")[0]), key.split("@")[1], *v] for key, v in sorted(usage.items())]
-    return _table(["CUDA kernel", "arch", "regs", "stack B", "static smem B", "local B"], lines)
+    return format_table(["CUDA kernel", "arch", "regs", "stack B", "static smem B", "local B"], lines)
 
 
 def main(argv=None) -> int:

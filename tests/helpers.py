@@ -67,16 +67,21 @@ class LaunchCounter:
 _ROOT = Path(__file__).resolve().parents[1]
 
 
-def compile_for_sm90(op: str) -> str:
-    """Run tests/compile_sm90.py for ``op`` ("prune" or "merge") with the interpreter off.
+def run_compiler(args: list[str], **env: str) -> str:
+    """``python <args>`` from the repository root with the interpreter off (Triton compiles
+    for a GPU, none needed), ``env`` added to the environment; returns what it prints.
 
-    Returns what the script prints (``compiled <launches>``); skips the test where
-    Triton has no ptxas. From the repository root, so that it compiles this checkout's kernels.
+    Skips the test where Triton has no ptxas. From the repository root, so that it compiles
+    this checkout's kernels.
     """
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    result = subprocess.run([sys.executable, "-m", "tests.compile_sm90", op], cwd=_ROOT, env=env,
-                            capture_output=True, text=True, timeout=600)
+    env = dict(os.environ, TRITON_INTERPRET="0", **env)
+    result = subprocess.run([sys.executable, *args], cwd=_ROOT, env=env, capture_output=True, text=True, timeout=600)
     if "ptxas" in result.stderr and "not found" in result.stderr.lower():
         pytest.skip("triton's ptxas is not available")
     assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout.strip()
+    return result.stdout
+
+
+def compile_for_sm90(op: str) -> str:
+    """Run tests/compile_sm90.py for ``op`` ("prune" or "merge"): what it prints (``compiled <launches>``)."""
+    return run_compiler(["-m", "tests.compile_sm90", op]).strip()

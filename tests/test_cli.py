@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import pytest
-from tiny_models import CHAT_TEMPLATE, sample_video, save_tiny_model, save_tiny_predictor
+from tiny_models import CHAT_TEMPLATE, sample_video, save_tiny_model, save_tiny_predictor, write_jsonl
 
 from kvtp_kernels.cli import build_parser, demo_cmd, main
 
@@ -152,13 +152,9 @@ def _one_line_error(capsys, prefix):
 
 
 def _data_file(tmp_path):
-    import json
-
     row = {"id": "a", "video": sample_video("carphone_pristine.mp4"), "question": "what ?", "options": ["x", "y"],
            "answer": "A"}
-    path = tmp_path / "d.jsonl"
-    path.write_text(json.dumps(row) + "\n")
-    return str(path)
+    return write_jsonl(tmp_path / "d.jsonl", [row])
 
 
 def test_eval_data_file_with_invalid_utf8(tmp_path, capsys):

@@ -10,25 +10,16 @@ import math
 
 import pytest
 import torch
+from helpers_models import reference_video_flags
 
-from kvtp_kernels import reference as ref
 from kvtp_kernels.integrations import KVTPSettings, prune_to_keep_mask
 
 V_ID = 9
 
 
 def reference_flags(features, budget, scores=None):
-    flags = []
-    for v, f in enumerate(features):
-        T, N, _ = f.shape
-        K = math.floor(budget * T * N + 0.5)
-        s = torch.zeros(1, T) if scores is None else scores[v][None]
-        counts = ref.keep_counts_ref(s, K, N, 2.0, 0, False, budget)
-        _, indices, *_ = ref.prune_tokens_ref(f[None], counts, None)
-        mask = torch.zeros(T * N, dtype=torch.bool)
-        mask[indices] = True
-        flags.append(mask)
-    return torch.cat(flags)
+    return torch.cat([reference_video_flags(f, budget, None if scores is None else scores[v])
+                      for v, f in enumerate(features)])
 
 
 def layout():

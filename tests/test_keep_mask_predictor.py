@@ -15,6 +15,7 @@ import types
 import pytest
 import tiny_models
 import torch
+from helpers_models import reference_video_flags
 from tiny_models import BOS, QWEN_IDS, WORDS, qwen_token_types, qwen_video_span, siglip_tokenizer, tiny_qwen_model
 
 from kvtp_kernels import reference as ref
@@ -83,12 +84,7 @@ def expected_keep(predictor, frames_list, grids, ids, budget, query):
         s = (s[0::2] + s[1::2]) / 2
         imp = (imp[0::2] + imp[1::2]) / 2
         N = (h // M) * (w // M)
-        K = math.floor(budget * t * N + 0.5)
-        counts = ref.keep_counts_ref(s[None].double(), K, N, 2.0, 0, False, budget)
-        _, indices, *_ = ref.prune_tokens_ref(torch.zeros(1, t, N, 1), counts, imp.reshape(1, t, N))
-        f = torch.zeros(t * N, dtype=torch.bool)
-        f[indices] = True
-        flags.append(f)
+        flags.append(reference_video_flags(torch.zeros(t, N, 1), budget, s.double(), imp.reshape(t, N)))
     keep = torch.ones_like(ids, dtype=torch.bool)
     keep[ids == QWEN_IDS["video_token_id"]] = torch.cat(flags)
     return keep

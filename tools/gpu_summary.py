@@ -15,8 +15,6 @@ import csv
 import os
 import sys
 
-HEADLINE_SHAPE = "B=1 T=64 N=196 D=3584"
-
 
 def _steps(outdir: str) -> tuple[list[str], bool]:
     lines, ok = [], True
@@ -32,10 +30,10 @@ def _steps(outdir: str) -> tuple[list[str], bool]:
 
 
 def _prune_targets(rows: list[dict]) -> list[str]:
-    from bench.bench_prune import TARGETS
+    from bench.bench_prune import HEADLINE, HEADLINE_SHAPE, TARGETS, target_met
     out = []
     head = [r for r in rows if r["bench"] == "prune" and r["shape"] == HEADLINE_SHAPE and "scores=given" in r["params"]
-            and "beta=0.2" in r["params"]]
+            and f"beta={HEADLINE['beta']}" in r["params"]]
     for dtype in sorted({r["dtype"] for r in head}):
         at = {r["provider"]: r for r in head if r["dtype"] == dtype}
         ours = at.get("ours")
@@ -49,12 +47,9 @@ def _prune_targets(rows: list[dict]) -> list[str]:
                 out.append(f"  prune {dtype}: {provider}: not measured ({other and other['status']})")
                 continue
             ratio = float(other["median_ms"]) / t_ours
-            if kind == "speedup":
-                met, text = ratio >= factor, f"ours {ratio:.2f}x faster than {provider} (target >= {factor:g}x)"
-            else:
-                met, text = t_ours <= factor * float(other["median_ms"]), \
-                    f"ours at {1 / ratio:.2f}x the time of {provider} (target <= {factor:g}x)"
-            out.append(f"  prune {dtype}: {text}: {'met' if met else 'MISSED'}")
+            text = (f"ours {ratio:.2f}x faster than {provider} (target >= {factor:g}x)" if kind == "speedup"
+                    else f"ours at {1 / ratio:.2f}x the time of {provider} (target <= {factor:g}x)")
+            out.append(f"  prune {dtype}: {text}: {'met' if target_met(kind, factor, ratio) else 'MISSED'}")
         if ours["sync_free"]:
             out.append(f"  prune {dtype}: ours free of host syncs: {ours['sync_free']} (target true)")
         for variant in ("ours_graph", "ours_compile"):
