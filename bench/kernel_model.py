@@ -315,5 +315,18 @@ def floor_us(bytes_moved: int, gpu: Gpu) -> float:
     return bytes_moved / (gpu.bandwidth_tbs * 1e12) * 1e6
 
 
+def launch_bound_us(launches: int, floor: float) -> float:
+    """The least this model gives any call of ``launches`` dependent launches moving ``floor``'s bytes.
+
+    Each launch costs ``LAUNCH_US`` and makes at least one dependent round trip before it
+    can store anything that depends on its inputs (the first launch loads the scores; a
+    later one loads what the earlier wrote, e.g. counts or indices, before the rows they
+    name), and the bytes take at least the floor: ``launches x (LAUNCH_US + LATENCY_US) +
+    floor``. A call whose modelled time is near this bound can only get faster with fewer
+    launches, or with launches that overlap (not modelled).
+    """
+    return launches * (LAUNCH_US + LATENCY_US) + floor
+
+
 def fp64_us(flops: float, gpu: Gpu) -> float:
     return flops / (gpu.fp64_tflops * 1e12) * 1e6

@@ -30,6 +30,8 @@ from tiny_models import (
     save_tiny_model,
     save_tiny_predictor,
     tiny_llava_model,
+    tiny_llava_next_video_model,
+    tiny_qwen_model,
     write_jsonl,
 )
 
@@ -381,6 +383,27 @@ def test_video_model_from_a_built_model():
     assert vm.placeholders(5) == 5 * N + 1
     frames = torch.randint(0, 256, (2, 3, 20, 30, 3), dtype=torch.uint8)
     assert vm.pixel_values(list(frames)).shape == (2, 3, 3, SIZE, SIZE)
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "llava_next_video"])
+def test_video_model_placeholders_are_what_the_model_fills(family):
+    """As many placeholders as the model has video features: HF's forward raises otherwise
+    (LLaVA-OneVision appends a newline row per video, LLaVA-NeXT-Video none)."""
+    model = tiny_llava_model() if family == "llava_onevision" else tiny_llava_next_video_model()
+    vm = VideoModel.from_model(model, llm_tokenizer())
+    frames = torch.randint(0, 256, (1, 3, 20, 30, 3), dtype=torch.uint8)
+    expected = 3 * vm.tokens_per_frame + (family == "llava_onevision")
+    assert vm.placeholders(3) == expected
+    ids = torch.tensor([[1] + [vm.video_token_id] * vm.placeholders(3) + [2]])
+    with torch.inference_mode():
+        out = model(input_ids=ids, pixel_values_videos=vm.pixel_values(list(frames)))
+    assert out.logits.shape[:2] == ids.shape
+
+
+def test_video_model_placeholders_refuse_qwen():
+    vm = VideoModel.from_model(tiny_qwen_model("qwen2_vl"), llm_tokenizer())
+    with pytest.raises(EvalError, match="inputs.span"):
+        vm.placeholders(2)
 
 
 # ----------------------------------------------------------------------------------

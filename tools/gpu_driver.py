@@ -59,7 +59,7 @@ def _same(a, b, exact: bool) -> bool:
         a, b = a.cpu(), b.cpu()
         if exact or not a.dtype.is_floating_point:
             return torch.equal(a, b)
-        return torch.allclose(a.float(), b.float(), rtol=1e-2, atol=8e-3)
+        return torch.allclose(a.float(), b.float(), atol=1e-2, rtol=8e-3)  # tests/helpers.py TOLERANCES[bf16]
     if isinstance(a, tuple):
         return len(a) == len(b) and all(_same(p, q, exact) for p, q in zip(a, b))
     return a == b

@@ -128,8 +128,17 @@ class VideoModel:
                    int(pad if pad is not None else 0), parameter.device, parameter.dtype, inputs)
 
     def placeholders(self, num_frames: int) -> int:
-        """Video placeholder tokens for T frames: T*N + 1 (HF appends one newline per video)."""
-        return num_frames * self.tokens_per_frame + 1
+        """Video placeholder tokens for T frames of a LLaVA family: T*N, + 1 for LLaVA-OneVision
+        (HF appends one newline per video; LLaVA-NeXT-Video appends none).
+
+        Raises:
+            EvalError: a Qwen-VL model (its count depends on the frame size: ``inputs.span``).
+        """
+        newlines = getattr(self.inputs, "newlines", None)
+        if newlines is None:
+            raise EvalError(f"VideoModel.placeholders: a LLaVA family counts T*N (+1) placeholders; "
+                            f"{type(self.model).__name__} has its own layout: use inputs.span(frames)")
+        return num_frames * self.tokens_per_frame + newlines
 
     def pixel_values(self, videos: Sequence[torch.Tensor]) -> torch.Tensor:
         """V uint8 [T, H, W, 3] videos of one length -> [V, T, 3, S, S] on the model's device and dtype

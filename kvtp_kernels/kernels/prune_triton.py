@@ -470,7 +470,7 @@ def _select_kernel(
     token_scores_ptr, stride_xb, stride_xt, stride_xn,
     partial_ptr, counts_ptr, frame_cu_seqlens_ptr, indices_ptr,
     T, N, total_rows, num_splits,
-    HAS_TOKEN_SCORES: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_N: tl.constexpr,
+    HAS_TOKEN_SCORES: tl.constexpr, RANK_F32: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_N: tl.constexpr,
 ):
     """Grid (B*T,): ``indices`` of the kept tokens of frame ``f`` (METHOD.md sections 3-4).
 
@@ -478,7 +478,9 @@ def _select_kernel(
     ``_plan_kernel``. Token scores: ``token_scores``, or the distinctiveness
     ``1 - <x_i, mu> / (max(|x_i|, 1e-12) max(|mu|, 1e-12))`` from the S partial sums,
     added in the order s = 0..S-1 (deterministic). Kept tokens (rank < k_f) get their
-    output rows in raster order with ``tl.cumsum`` over the keep flags.
+    output rows in raster order with ``tl.cumsum`` over the keep flags. RANK_F32: the
+    given token scores are float32, float16 or bfloat16, so float32 holds them exactly and
+    orders them as float64 does (ranks only compare): the comparisons run in float32.
     """
     f = tl.program_id(0).to(tl.int64)
     b = f // T
@@ -489,7 +491,8 @@ def _select_kernel(
     row0 = tl.load(frame_cu_seqlens_ptr + f).to(tl.int64)
     if HAS_TOKEN_SCORES:
         score = tl.load(token_scores_ptr + b * stride_xb + t * stride_xt + offs_n.to(tl.int64) * stride_xn,
-                        mask=valid_n, other=0.0).to(tl.float64)
+                        mask=valid_n, other=0.0)
+        score = score.to(tl.float32) if RANK_F32 else score.to(tl.float64)
     else:
         dot = tl.full([BLOCK_N], 0.0, tl.float64)
         sq_norm = tl.full([BLOCK_N], 0.0, tl.float64)
@@ -706,7 +709,7 @@ def prune_tokens(a) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Ten
     torch.library.wrap_triton(_select_kernel)[(B * T,)](
         *score_args, partial, counts, frame_cu_seqlens, indices,
         T, N, total_rows, max(splits, 1),
-        HAS_TOKEN_SCORES=not distinct, BLOCK_N=block_n, CHUNK_N=min(block_n, fit(compare, block_n, N)),
+        HAS_TOKEN_SCORES=not distinct, RANK_F32=not distinct and token_scores.element_size() <= 4, BLOCK_N=block_n, CHUNK_N=min(block_n, fit(compare, block_n, N)),
         num_warps=_NUM_WARPS_SELECT,
     )
 
@@ -790,15 +793,15 @@ def _select_traffic(v: dict, grid: tuple) -> _traffic.Traffic:
     N elements of ``token_scores``; distinctiveness: S x (2N + 1) float64 partial sums,
     the token tensor is a placeholder and not read); writes one int64 index per kept row
     (``total_rows`` in all). The loads are independent: one round trip, then the ranks
-    (BLOCK_N^2 x 2 float64 comparisons per frame)."""
+    (BLOCK_N^2 x 2 comparisons per frame: float64 ones, unless RANK_F32)."""
     frames, N = int(grid[0]), v["N"]
     read = 2 * frames * 4
     if v["HAS_TOKEN_SCORES"]:
         read += frames * N * v["token_scores_ptr"].element_size()
     else:
         read += frames * v["num_splits"] * (2 * N + 1) * 8
-    return _traffic.Traffic(read=read, written=v["total_rows"] * 8, prologue_trips=1,
-                            fp64=2.0 * frames * v["BLOCK_N"] ** 2)
+    fp64 = 0.0 if v["RANK_F32"] else 2.0 * frames * v["BLOCK_N"] ** 2
+    return _traffic.Traffic(read=read, written=v["total_rows"] * 8, prologue_trips=1, fp64=fp64)
 
 
 def _copy_traffic(v: dict, grid: tuple) -> _traffic.Traffic:
