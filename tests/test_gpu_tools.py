@@ -81,6 +81,18 @@ def test_arch_list_expectations():
         check_cuda_arch.expected("sm_90")
 
 
+def test_arch_check_counts_one_elf_per_cuda_source():
+    # cuobjdump's listing of a shared object linked from two .cu objects (sm_90 ELF each, one
+    # with compute_100 PTX): files are named by object index, not by source
+    elf = "ELF file    1: lib.1.sm_90.cubin\nELF file    2: lib.2.sm_90.cubin\n"
+    ptx = "PTX file    1: lib.1.sm_100.ptx\n"
+    have = check_cuda_arch.held(elf, "cubin") + check_cuda_arch.held(ptx, "ptx")
+    assert have == ["sm_90", "sm_90", "compute_100"]
+    assert check_cuda_arch.short(have, {"sm_90"}, 2) == []
+    assert check_cuda_arch.short(have, {"sm_90", "compute_100"}, 2) == ["compute_100 (1 of 2)"]
+    assert check_cuda_arch.short(have, {"sm_90", "sm_80"}, 3) == ["sm_80 (0 of 3)", "sm_90 (2 of 3)"]
+
+
 def test_gpu_summary_ratios(tmp_path, monkeypatch):
     header = ("bench,device,device_name,dtype,shape,params,provider,role,median_ms,sync_free,status\n")
     rows = [("ours", "ours", "0.010", "true"), ("naive", "baseline", "0.500", ""), ("torch", "baseline", "0.020", ""),

@@ -1,18 +1,23 @@
-"""Check that the built kvtp_kernels._C holds machine code for every architecture it was built for.
+"""Check that the built kvtp_kernels._C holds machine code of every CUDA source for every architecture.
 
 ``python -m tools.check_cuda_arch [ARCH_LIST]`` (from the repository root): ARCH_LIST defaults to
 $TORCH_CUDA_ARCH_LIST, else setup.py's DEFAULT_ARCH_LIST (what a build with no GPU
-visible uses), e.g. "8.0;8.6;8.9;9.0;10.0+PTX". Every "X.Y" needs an sm_XY ELF in the
-shared object (``cuobjdump --list-elf``), and "X.Y+PTX" also compute_XY PTX
-(``cuobjdump --list-ptx``). Prints what the object holds; exits 1 on anything missing.
+visible uses), e.g. "8.0;8.6;8.9;9.0;10.0+PTX". Each object file with device code adds
+one ELF per architecture to the shared object (``cuobjdump --list-elf`` names them
+``_C.<i>.sm_XY.cubin``, by object, not by source), so every "X.Y" needs as many sm_XY
+ELFs as there are ``csrc/*.cu`` files, and "X.Y+PTX" as many compute_XY PTX files
+(``cuobjdump --list-ptx``): a .cu file left out of setup.py's sources fails here. Prints
+what the object holds; exits 1 on anything missing.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import subprocess
 import sys
+from collections import Counter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,6 +44,20 @@ def expected(arch_list: str) -> tuple[set[str], set[str]]:
     return elf, ptx
 
 
+def held(listing: str, suffix: str) -> list[str]:
+    """The architectures of a ``cuobjdump --list-elf`` (suffix "cubin") or ``--list-ptx`` ("ptx")
+    listing, one per file: "ELF file 2: _C.2.sm_90.cubin" -> "sm_90", "PTX file 1: _C.1.sm_100.ptx"
+    -> "compute_100"."""
+    prefix = "compute" if suffix == "ptx" else "sm"
+    return [f"{prefix}_{a}" for a in re.findall(rf"\.(?:sm|compute)_(\d+a?)\.{suffix}\b", listing)]
+
+
+def short(have: list[str], want: set[str], sources: int) -> list[str]:
+    """"<arch> (<held> of <sources>)" for each wanted architecture held fewer than ``sources`` times."""
+    count = Counter(have)
+    return [f"{arch} ({count[arch]} of {sources})" for arch in sorted(want) if count[arch] < sources]
+
+
 def main() -> int:
     import kvtp_kernels._C as C
 
@@ -51,15 +70,15 @@ def main() -> int:
     want_elf, want_ptx = expected(arch_list)
     cuobjdump = tool("cuobjdump")
 
-    def listed(flag: str, suffix: str) -> set[str]:  # "pack_cuda.sm_100.ptx" -> "100"
-        out = subprocess.run([cuobjdump, flag, C.__file__], capture_output=True, text=True, check=True).stdout
-        return set(re.findall(rf"\.(?:sm|compute)_(\d+a?)\.{suffix}\b", out))
+    def listed(flag: str) -> str:
+        return subprocess.run([cuobjdump, flag, C.__file__], capture_output=True, text=True, check=True).stdout
 
-    have_elf = {f"sm_{a}" for a in listed("--list-elf", "cubin")}
-    have_ptx = {f"compute_{a}" for a in listed("--list-ptx", "ptx")}
-    print(f"[check_cuda_arch] {os.path.basename(C.__file__)}: ELF {sorted(have_elf)}, PTX {sorted(have_ptx)} "
-          f"(expected from {arch_list!r}: ELF {sorted(want_elf)}, PTX {sorted(want_ptx)})")
-    missing = sorted(want_elf - have_elf) + sorted(want_ptx - have_ptx)
+    sources = sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cu")))
+    have = held(listed("--list-elf"), "cubin") + held(listed("--list-ptx"), "ptx")
+    print(f"[check_cuda_arch] {os.path.basename(C.__file__)} holds: {dict(sorted(Counter(have).items()))}; "
+          f"expected from {arch_list!r}: {len(sources)} of each of ELF {sorted(want_elf)}, PTX {sorted(want_ptx)} "
+          f"({', '.join(os.path.basename(p) for p in sources)})")
+    missing = short(have, want_elf | want_ptx, len(sources))
     if missing:
         print(f"check_cuda_arch: missing from kvtp_kernels._C: {missing}")
         return 1
