@@ -1,6 +1,6 @@
 // CPU kernels of kvtp::keep_counts and kvtp::prune_tokens (schemas in ops.cpp).
 //
-// Parallel over videos (counts) and frames (selection and gather) with
+// Parallel over videos (counts), frames (selection) and kept rows (gather) with
 // at::parallel_for; the per-video and per-frame math is the torch-free code in
 // include/kvtp/*.h. Results equal kvtp_kernels/reference/ bit for bit.
 #include <ATen/ATen.h>
@@ -129,14 +129,14 @@ at::Tensor keep_counts_cpu(const OptTensor& scores, const OptTensor& frame_embed
 }
 
 // Keeps counts[f] tokens of frame f (top by score, ties to the lower index, NaN
-// last) and copies them, in raster order, to rows frame_cu[f].. of `out`.
+// last): writes their flat indices f*N + i, in raster order, to rows frame_cu[f].. of
+// `indices`. Parallel over frames (the selection is per frame).
 template <typename scalar_t>
-void select_and_gather(const at::Tensor& tokens, const double* token_scores, const int32_t* counts,
-                       const int32_t* frame_cu, at::Tensor& out, at::Tensor& indices) {
+void select_rows(const at::Tensor& tokens, const double* token_scores, const int32_t* counts, const int32_t* frame_cu,
+                 at::Tensor& indices) {
   const int64_t B = tokens.size(0), T = tokens.size(1), N = tokens.size(2), D = tokens.size(3);
   const int64_t sb = tokens.stride(0), st = tokens.stride(1), sn = tokens.stride(2), sd = tokens.stride(3);
   const scalar_t* src = tokens.data_ptr<scalar_t>();
-  scalar_t* dst = out.data_ptr<scalar_t>();
   int64_t* idx = indices.data_ptr<int64_t>();
   at::parallel_for(0, B * T, 1, [&](int64_t f0, int64_t f1) {
     std::vector<double> score(N), mu, sq_norm;
@@ -145,7 +145,6 @@ void select_and_gather(const at::Tensor& tokens, const double* token_scores, con
     for (int64_t f = f0; f < f1; ++f) {
       const int64_t k = counts[f];
       if (k == 0) continue;
-      const scalar_t* frame = src + (f / T) * sb + (f % T) * st;
       if (k < N) {
         const double* s = token_scores;
         if (s != nullptr) {
@@ -153,7 +152,8 @@ void select_and_gather(const at::Tensor& tokens, const double* token_scores, con
         } else {
           mu.resize(D);
           sq_norm.resize(N);
-          frame_distinctiveness(frame, N, D, sn, sd, mu.data(), sq_norm.data(), score.data());
+          frame_distinctiveness(src + (f / T) * sb + (f % T) * st, N, D, sn, sd, mu.data(), sq_norm.data(),
+                                score.data());
           s = score.data();
         }
         // token_beats is a strict total order, so the top-k set is unique.
@@ -167,16 +167,32 @@ void select_and_gather(const at::Tensor& tokens, const double* token_scores, con
       }
       int64_t row = frame_cu[f];
       for (int64_t i = 0; i < N; ++i) {
-        if (!keep[i]) continue;
-        idx[row] = f * N + i;
-        const scalar_t* from = frame + i * sn;
-        scalar_t* to = dst + row * D;
-        if (sd == 1) {
-          std::memcpy(to, from, D * sizeof(scalar_t));
-        } else {
-          for (int64_t d = 0; d < D; ++d) to[d] = from[d * sd];
-        }
-        ++row;
+        if (keep[i]) idx[row++] = f * N + i;
+      }
+    }
+  });
+}
+
+// out[r, :] = tokens[indices[r], :] (indices flat over B*T*N). Parallel over the output
+// rows, so a keyframe that keeps most of its tokens is shared among the threads.
+template <typename scalar_t>
+void gather_rows(const at::Tensor& tokens, const at::Tensor& indices, at::Tensor& out) {
+  const int64_t T = tokens.size(1), N = tokens.size(2), D = tokens.size(3);
+  const int64_t sb = tokens.stride(0), st = tokens.stride(1), sn = tokens.stride(2), sd = tokens.stride(3);
+  const scalar_t* src = tokens.data_ptr<scalar_t>();
+  const int64_t* idx = indices.data_ptr<int64_t>();
+  scalar_t* dst = out.data_ptr<scalar_t>();
+  const int64_t row_bytes = std::max<int64_t>(D * int64_t(sizeof(scalar_t)), 1);
+  const int64_t grain = std::max<int64_t>(1, (int64_t(64) << 10) / row_bytes);  // ~64 KB per task
+  at::parallel_for(0, out.size(0), grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t flat = idx[r], frame = flat / N, b = frame / T;
+      const scalar_t* from = src + b * sb + (frame - b * T) * st + (flat - frame * N) * sn;
+      scalar_t* to = dst + r * D;
+      if (sd == 1) {
+        std::memcpy(to, from, D * sizeof(scalar_t));
+      } else {
+        for (int64_t d = 0; d < D; ++d) to[d] = from[d * sd];
       }
     }
   });
@@ -241,8 +257,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> prune_tok
   at::Tensor out = at::empty({total_rows, D}, tokens.options());
   at::Tensor indices = at::empty({total_rows}, tokens.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, tokens.scalar_type(), "kvtp_prune_tokens_cpu", [&] {
-    select_and_gather<scalar_t>(tokens, scores64.defined() ? scores64.data_ptr<double>() : nullptr, k, fcu, out,
-                                indices);
+    select_rows<scalar_t>(tokens, scores64.defined() ? scores64.data_ptr<double>() : nullptr, k, fcu, indices);
+    gather_rows<scalar_t>(tokens, indices, out);
   });
   return {out, indices, counts, cu, frame_cu};
 }
