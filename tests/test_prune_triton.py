@@ -164,9 +164,17 @@ def _hard_scores(T=24):
     return torch.stack(list(cases.values())), list(cases)
 
 
+@pytest.fixture(params=["sweep", "search"])
+def allocation_path(request, monkeypatch):
+    """The exact allocation's two ways to its decisions (_exact_counts): O(T^2) sweeps
+    (short videos) or the threshold search (long videos), each forced at every T."""
+    monkeypatch.setattr(prune_triton, "_SEARCH_FROM", 1 if request.param == "search" else 1 << 30)
+    return request.param
+
+
 @pytest.mark.parametrize("min_tokens", [0, 3])
 @pytest.mark.parametrize("budget", [1, 24 * 3, 24 * 19 // 2, 24 * 19 - 5, 24 * 19])
-def test_keep_counts_corner_cases(budget, min_tokens):
+def test_keep_counts_corner_cases(budget, min_tokens, allocation_path):
     scores, names = _hard_scores()
     N = 19
     if budget < min_tokens * scores.shape[1]:
@@ -183,10 +191,25 @@ def test_keep_counts_corner_cases(budget, min_tokens):
         assert torch.equal(got, ref.keep_counts_ref(scores, budget, N, temperature, min_tokens, True, ratio))
 
 
-def test_prune_corner_case_scores():
+def test_prune_corner_case_scores(allocation_path):
     scores, _ = _hard_scores(T=12)
     tokens = torch.randn(scores.shape[0], scores.shape[1], 7, 5)
     _prune_both(tokens, scores, 0.4, min_tokens_per_frame=1)
+
+
+@pytest.mark.parametrize("T", [300, 1024])
+def test_keep_counts_long_videos(T, allocation_path):
+    """Long videos (the search's default range from T = 256 on), both ways: random and
+    peaked logits, equal logits (every remainder ties: resolved by frame index), a few
+    frames with p = 0 beside capped ones, and budgets at both ends."""
+    g = torch.Generator().manual_seed(T)
+    N = 49
+    scores = torch.stack([torch.randn(T, generator=g) * 3, torch.randn(T, generator=g) * 40, torch.zeros(T),
+                          torch.where(torch.arange(T) % 7 == 0, -5000.0, torch.randn(T, generator=g))])
+    for budget, m in ((int(0.2 * T * N + 0.5), 0), (T * N - 3, 0), (2 * T, 2), (int(0.05 * T * N), 1), (T * N, 4)):
+        got = torch.ops.kvtp.keep_counts_triton(scores, None, None, None, None, N, budget, 0.0, 0.5, m, False)
+        want = ref.keep_counts_ref(scores, budget, N, 0.5, m, False, 0.0)
+        assert torch.equal(got, want), (budget, m, (got != want).nonzero().tolist()[:5])
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy, in the interpreter

@@ -17,8 +17,9 @@ Two ops, registered with the public ``torch.library.triton_op`` + ``wrap_triton`
      columns) to a float64 workspace: D split across CTAs, every token byte read once.
   2. ``_select_kernel``, grid ``(B*T,)``: reads its frame's count and first output row
      (written by launch 1: the counts exist once, nothing recomputes them), the token
-     scores (given, or the S partial sums added in the fixed order s = 0..S-1, so the
-     result does not depend on scheduling), ranks the N tokens by comparison counts,
+     scores (given, or the S partial sums added in a fixed order, up to 8 slices loaded
+     at once, so the result does not depend on scheduling), ranks the N tokens by
+     comparison counts (float32 ones for float32 or narrower given scores: exact),
      and writes ``indices`` of the kept ones in raster order.
   3. ``_copy_rows_kernel``, grid ``(cdiv(total_rows, ROWS), cdiv(D, BLOCK_DC))``: every
      program copies a [ROWS, BLOCK_DC] tile of kept rows (one index load per row, then
@@ -59,6 +60,17 @@ from ._common import _INTERPRETER_TILE, _INTERPRETING, _NORM_EPS, _widen, copy_t
 # kernels through tl.full(..., tl.float64) (a bare float literal is fp32).
 _PROB_FLUSH = tl.constexpr(PROB_FLUSH)
 
+# Exact allocation of long videos (BLOCK_T >= _SEARCH_FROM): a threshold found in the bits
+# of a non-negative float64 (bit 63 clear: 0 .. +inf as int64, in order), 3 bits per round
+# (bits 62-60 first, probes above +inf masked): 21 rounds of 8 probes ([8, BLOCK_T] float64
+# tiles: 16 probes spill at BLOCK_T = 1024). Below it the O(T^2) sweeps cost less (2 T^2
+# vs 2 x 168 T probe-frame pairs).
+# The rounds are ``range(60, -1, -3)``: each probes digit ``(bits >> shift) & 7``.
+_SEARCH_FROM = 256
+_SEARCH_ROUNDS = len(range(60, -1, -3))
+_SEARCH_PROBES = tl.constexpr(8)
+_INF_BITS = tl.constexpr(0x7FF0000000000000)
+
 # The interpreter has no libdevice; numpy rounds every product anyway.
 _EXPLICIT_RN = tl.constexpr(not _INTERPRETING)
 
@@ -81,6 +93,8 @@ _GPU_COPY_BYTES_PER_THREAD = 128  # copy tile: 8 loads of 16 bytes in flight per
 # registers); the slices of D are chosen for whole waves of them. At most 64 slices.
 _GPU_DISTINCT_SLOTS = 2 * 132
 _GPU_MAX_SPLITS = 64
+# The select kernel adds the partial sums of up to this many slices per step (loaded together).
+_MAX_SPLITS_PER_STEP = 8
 _NUM_WARPS_PLAN = 8
 # Long videos: the per-video float64 vectors of the allocation ([BLOCK_T] each, a dozen
 # live at once) need 16 warps from BLOCK_T = 512 on, or they spill.
@@ -221,7 +235,7 @@ def _frame_probs(s, valid_t, temperature):
 
 @triton.jit
 def _exact_counts(p, valid_t, T, budget, num_tokens, min_tokens,
-                  BLOCK_T: tl.constexpr, CHUNK_T: tl.constexpr):
+                  BLOCK_T: tl.constexpr, CHUNK_T: tl.constexpr, SEARCH: tl.constexpr):
     """Exact allocation (METHOD.md section 2), step by step as ``exact_counts_ref``.
 
     ``k_t`` integers with ``sum_t k_t = K`` and ``m <= k_t <= N``: ``a_t = K p_t``; the
@@ -229,8 +243,10 @@ def _exact_counts(p, valid_t, T, budget, num_tokens, min_tokens,
     the solution (``lo`` = largest candidate with ``g <= K``, ``hi`` the next); every
     frame's state (capped / floored / free) is read at the midpoint; ``lam`` solves the
     linear piece; frames with ``p = 0`` share what saturated frames cannot hold; largest
-    remainder rounding, ties to the lower frame index. g at the 2T candidates is
-    O(T^2): frames are swept in chunks of CHUNK_T against all candidates at once.
+    remainder rounding, ties to the lower frame index. Two ways to the same lo and the
+    same R frames: g at all 2T candidates and the remainder by comparison ranks, O(T^2)
+    (frames swept in chunks of CHUNK_T), or (SEARCH, long videos) a search over the bits
+    of a float64 threshold, _SEARCH_ROUNDS rounds of _SEARCH_PROBES probes, O(T) each.
 
     Returns int32 [BLOCK_T] (0 on padding lanes).
     """
@@ -248,19 +264,38 @@ def _exact_counts(p, valid_t, T, budget, num_tokens, min_tokens,
     # [BLOCK_T, 2] candidates (m/a_t, N/a_t); frames with a_t == 0 give the candidate 0.
     cand = tl.where(pos[:, None], tl.join(m / safe_a, N / safe_a), 0.0)
 
-    # Step 2: g at every candidate. Frame j adds clamp(lam a_j, m, N) if a_j > 0, m if
-    # a_j == 0, nothing if it is padding. Chunks of frames come out of the register
-    # vectors with tl.gather.
-    g = tl.full([BLOCK_T, 2], 0.0, tl.float64)
-    for chunk in range(BLOCK_T // CHUNK_T):
-        offs_j = chunk * CHUNK_T + tl.arange(0, CHUNK_T)
-        a_j = tl.gather(a, offs_j, 0)
-        pos_j = tl.gather(pos_i, offs_j, 0) != 0
-        other_j = tl.where(offs_j < T, m, 0.0)
-        x = tl.minimum(tl.maximum(cand[:, :, None] * a_j[None, None, :], m), N)
-        g += tl.sum(tl.where(pos_j[None, None, :], x, other_j[None, None, :]), axis=2)
-    # the candidate 0 has g(0) = m*T <= K, so lo >= 0 and 0 stands in for "not below"
-    lo = tl.max(tl.where(pos[:, None] & (g <= K), cand, 0.0))
+    # Step 2: lo = the largest candidate with g <= K. Frame j adds clamp(lam a_j, m, N) if
+    # a_j > 0, m if a_j == 0, nothing if it is padding. The candidate 0 has g(0) = m*T <= K,
+    # so lo >= 0 and 0 stands in for "not below".
+    if SEARCH:
+        # g is non-decreasing in lam (so is its float64 evaluation: every term and every
+        # rounded add is), so lo is the largest candidate <= lam*, the largest float64 with
+        # g <= K: found digit by digit in its bits (3 bits per round), O(T) per probe.
+        # Above the largest candidate every frame is saturated (g is flat there): probes are
+        # evaluated at most there, which keeps lam * a finite.
+        top_bits = tl.cast(tl.max(tl.max(cand, axis=1), axis=0), tl.int64, bitcast=True)
+        lam_bits = tl.full([], 0, tl.int64)
+        for shift in range(60, -1, -3):  # a loop, not unrolled (compile time)
+            probe = lam_bits + (tl.arange(0, _SEARCH_PROBES).to(tl.int64) << shift)
+            lam = tl.cast(tl.minimum(probe, top_bits), tl.float64, bitcast=True)
+            x = tl.minimum(tl.maximum(lam[:, None] * safe_a[None, :], m), N)
+            g_probe = tl.sum(tl.where(pos[None, :], x, tl.where(valid_t, m, 0.0)[None, :]), axis=1)
+            ok = (probe <= _INF_BITS) & (g_probe <= K)
+            lam_bits = tl.max(tl.where(ok, probe, 0), axis=0)
+        below = tl.cast(cand, tl.int64, bitcast=True) <= lam_bits
+    else:
+        # g at every candidate, O(T^2): chunks of frames come out of the register vectors
+        # with tl.gather
+        g = tl.full([BLOCK_T, 2], 0.0, tl.float64)
+        for chunk in range(BLOCK_T // CHUNK_T):
+            offs_j = chunk * CHUNK_T + tl.arange(0, CHUNK_T)
+            a_j = tl.gather(a, offs_j, 0)
+            pos_j = tl.gather(pos_i, offs_j, 0) != 0
+            other_j = tl.where(offs_j < T, m, 0.0)
+            x = tl.minimum(tl.maximum(cand[:, :, None] * a_j[None, None, :], m), N)
+            g += tl.sum(tl.where(pos_j[None, None, :], x, other_j[None, None, :]), axis=2)
+        below = g <= K
+    lo = tl.max(tl.where(pos[:, None] & below, cand, 0.0))
     hi = tl.min(tl.where(pos[:, None] & (cand > lo), cand, inf))
     mid = tl.where(hi == inf, 2.0 * lo + 1.0, 0.5 * (lo + hi))
 
@@ -295,16 +330,32 @@ def _exact_counts(p, valid_t, T, budget, num_tokens, min_tokens,
     remainder = tl.minimum(tl.maximum(remainder, 0), tl.cast(T, tl.int64))
     eligible = valid_t & (k < num_tokens)
     eligible_i = eligible.to(tl.int32)
-    rank = tl.full([BLOCK_T], 0, tl.int32)
-    for chunk in range(BLOCK_T // CHUNK_T):
-        offs_j = chunk * CHUNK_T + tl.arange(0, CHUNK_T)
-        frac_j = tl.gather(frac, offs_j, 0)
-        eligible_j = tl.gather(eligible_i, offs_j, 0) != 0
-        # j beats t: eligible_j and (frac_j > frac_t or (frac_j == frac_t and j < t))
-        beats = eligible_j[None, :] & ((frac_j[None, :] > frac[:, None])
-                                       | ((frac_j[None, :] == frac[:, None]) & (offs_j[None, :] < offs_t[:, None])))
-        rank += tl.sum(beats.to(tl.int32), axis=1)
-    bump = eligible & (rank.to(tl.int64) < remainder)
+    if SEARCH:
+        # the R eligible frames with the largest (frac, then lower index): frac >= 0, so
+        # its bits order like it; theta = the largest bits with >= R eligible fracs at or
+        # above it (digit by digit), then ties at theta by index
+        frac_bits = tl.cast(frac, tl.int64, bitcast=True)
+        theta = tl.full([], 0, tl.int64)
+        for shift in range(60, -1, -3):  # a loop, not unrolled (compile time)
+            probe = theta + (tl.arange(0, _SEARCH_PROBES).to(tl.int64) << shift)
+            at_or_above = tl.sum((eligible[None, :] & (frac_bits[None, :] >= probe[:, None])).to(tl.int64), axis=1)
+            ok = at_or_above >= remainder
+            theta = tl.max(tl.where(ok, probe, 0), axis=0)
+        above = eligible & (frac_bits > theta)
+        tie = (eligible & (frac_bits == theta)).to(tl.int64)
+        need = remainder - tl.sum(above.to(tl.int64), axis=0)
+        bump = above | ((tie != 0) & (tl.cumsum(tie, axis=0) <= need))
+    else:
+        rank = tl.full([BLOCK_T], 0, tl.int32)
+        for chunk in range(BLOCK_T // CHUNK_T):
+            offs_j = chunk * CHUNK_T + tl.arange(0, CHUNK_T)
+            frac_j = tl.gather(frac, offs_j, 0)
+            eligible_j = tl.gather(eligible_i, offs_j, 0) != 0
+            # j beats t: eligible_j and (frac_j > frac_t or (frac_j == frac_t and j < t))
+            beats = eligible_j[None, :] & ((frac_j[None, :] > frac[:, None])
+                                           | ((frac_j[None, :] == frac[:, None]) & (offs_j[None, :] < offs_t[:, None])))
+            rank += tl.sum(beats.to(tl.int32), axis=1)
+        bump = eligible & (rank.to(tl.int64) < remainder)
     return tl.where(valid_t, k + bump.to(tl.int32), 0)
 
 
@@ -336,8 +387,8 @@ def _plan_kernel(
     B, T, N, D, E, C, budget, min_tokens, temperature_bits, ratio_frames_bits, split_cols, num_splits,
     FROM_EMBEDS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, PAPER: tl.constexpr,
     COUNTS_GIVEN: tl.constexpr, WRITE_OFFSETS: tl.constexpr, DISTINCT: tl.constexpr,
-    BLOCK_T: tl.constexpr, CHUNK_T: tl.constexpr, BLOCK_E: tl.constexpr, VEC_E: tl.constexpr,
-    BLOCK_F: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr,
+    BLOCK_T: tl.constexpr, CHUNK_T: tl.constexpr, SEARCH: tl.constexpr, BLOCK_E: tl.constexpr,
+    VEC_E: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr,
 ):
     """Grid (B + B*T*S,): per-video counts and offsets, then distinctiveness partial sums.
 
@@ -377,7 +428,7 @@ def _plan_kernel(
                 ratio_frames = tl.cast(tl.cast(ratio_frames_bits, tl.int64), tl.float64, bitcast=True)
                 counts = _paper_counts(p, valid_t, ratio_frames, N, min_tokens)
             else:
-                counts = _exact_counts(p, valid_t, T, budget, N, min_tokens, BLOCK_T, CHUNK_T)
+                counts = _exact_counts(p, valid_t, T, budget, N, min_tokens, BLOCK_T, CHUNK_T, SEARCH)
         tl.store(counts_ptr + b * T + offs_t, counts, mask=valid_t)
         if WRITE_OFFSETS:
             if COUNTS_GIVEN:
@@ -471,13 +522,15 @@ def _select_kernel(
     partial_ptr, counts_ptr, frame_cu_seqlens_ptr, indices_ptr,
     T, N, total_rows, num_splits,
     HAS_TOKEN_SCORES: tl.constexpr, RANK_F32: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr,
 ):
     """Grid (B*T,): ``indices`` of the kept tokens of frame ``f`` (METHOD.md sections 3-4).
 
     ``k_f = counts[f]`` and the frame's first output row ``frame_cu_seqlens[f]`` come from
     ``_plan_kernel``. Token scores: ``token_scores``, or the distinctiveness
     ``1 - <x_i, mu> / (max(|x_i|, 1e-12) max(|mu|, 1e-12))`` from the S partial sums,
-    added in the order s = 0..S-1 (deterministic). Kept tokens (rank < k_f) get their
+    BLOCK_S slices at a time (each group summed in a fixed tree, the groups in order:
+    deterministic). Kept tokens (rank < k_f) get their
     output rows in raster order with ``tl.cumsum`` over the keep flags. RANK_F32: the
     given token scores are float32, float16 or bfloat16, so float32 holds them exactly and
     orders them as float64 does (ranks only compare): the comparisons run in float32.
@@ -497,11 +550,17 @@ def _select_kernel(
         dot = tl.full([BLOCK_N], 0.0, tl.float64)
         sq_norm = tl.full([BLOCK_N], 0.0, tl.float64)
         mu_sq = tl.full([], 0.0, tl.float64)
-        for split in range(num_splits):
-            part = partial_ptr + (f * num_splits + split) * (2 * N + 1)
-            dot += tl.load(part + offs_n, mask=valid_n, other=0.0)
-            sq_norm += tl.load(part + N + offs_n, mask=valid_n, other=0.0)
-            mu_sq += tl.load(part + 2 * N)
+        # BLOCK_S slices per step, loaded together (their loads all in flight), summed in a
+        # fixed tree; the steps in order
+        for s0 in range(0, num_splits, BLOCK_S):
+            offs_s = s0 + tl.arange(0, BLOCK_S)
+            valid_s = offs_s < num_splits
+            part = partial_ptr + (f * num_splits + offs_s.to(tl.int64))[:, None] * (2 * N + 1)
+            both = valid_s[:, None] & valid_n[None, :]
+            dot += tl.sum(tl.load(part + offs_n[None, :], mask=both, other=0.0), axis=0)
+            sq_norm += tl.sum(tl.load(part + N + offs_n[None, :], mask=both, other=0.0), axis=0)
+            mu_sq += tl.sum(tl.load(partial_ptr + (f * num_splits + offs_s) * (2 * N + 1) + 2 * N, mask=valid_s,
+                                    other=0.0), axis=0)
         eps = tl.full([], _NORM_EPS, tl.float64)
         norm_x = tl.maximum(tl.sqrt(sq_norm), eps, propagate_nan=tl.PropagateNan.ALL)
         norm_mu = tl.maximum(tl.sqrt(mu_sq), eps, propagate_nan=tl.PropagateNan.ALL)
@@ -573,6 +632,7 @@ def _frame_blocks(T: int, E: int, embed_size: int, with_distinct: bool = False) 
     return dict(
         BLOCK_T=block_t,
         CHUNK_T=min(block_t, fit(compare // 2, block_t, T)),  # g tile: [BLOCK_T, 2, CHUNK_T]
+        SEARCH=block_t >= _SEARCH_FROM,  # exact allocation by threshold search (_exact_counts)
         BLOCK_E=block_e,
         VEC_E=max(1, min(block_e, 16 // embed_size)),
         BLOCK_F=fit(_per_thread(8, _plan_warps(T)), 1, 1 << 30),  # earlier frames' given counts
@@ -709,7 +769,8 @@ def prune_tokens(a) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Ten
     torch.library.wrap_triton(_select_kernel)[(B * T,)](
         *score_args, partial, counts, frame_cu_seqlens, indices,
         T, N, total_rows, max(splits, 1),
-        HAS_TOKEN_SCORES=not distinct, RANK_F32=not distinct and token_scores.element_size() <= 4, BLOCK_N=block_n, CHUNK_N=min(block_n, fit(compare, block_n, N)),
+        HAS_TOKEN_SCORES=not distinct, RANK_F32=not distinct and token_scores.element_size() <= 4,
+        BLOCK_S=min(pow2(splits, lo=1), _MAX_SPLITS_PER_STEP), BLOCK_N=block_n, CHUNK_N=min(block_n, fit(compare, block_n, N)),
         num_warps=_NUM_WARPS_SELECT,
     )
 
@@ -736,15 +797,21 @@ def _video_fp64_ops(v: dict) -> float:
     Frame logits from embeddings: 4 per frame-embedding element and query chunk (two
     rounded products, two adds); softmax ~30 per frame; exact allocation: the g(lam) sweep
     (2 BLOCK_T candidates x BLOCK_T frames x 5: product, clamp, select, add) and the
-    remainder ranks (BLOCK_T^2 x 4); paper allocation ~5 per frame.
+    remainder ranks (BLOCK_T^2 x 4), or with SEARCH g at 21 x 8 probes (x BLOCK_T x 5; the
+    remainder's search compares integers; the 42 rounds' CTA-wide reductions are not
+    modelled); paper allocation ~5 per frame.
     """
     block_t = v["BLOCK_T"]
     ops = 30.0 * block_t
     if v["FROM_EMBEDS"]:
         ops += 4.0 * v["C"] * block_t * v["E"] + 2.0 * v["C"] * v["E"]
-    if not v["COUNTS_GIVEN"]:
-        ops += 5.0 * block_t if v["PAPER"] else 14.0 * block_t * block_t
-    return ops
+    if v["COUNTS_GIVEN"]:
+        return ops
+    if v["PAPER"]:
+        return ops + 5.0 * block_t
+    if v["SEARCH"]:
+        return ops + 5.0 * _SEARCH_ROUNDS * int(_SEARCH_PROBES) * block_t
+    return ops + 14.0 * block_t * block_t
 
 
 def _plan_traffic(v: dict, grid: tuple) -> _traffic.Traffic:
