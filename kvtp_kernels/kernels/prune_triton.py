@@ -770,7 +770,8 @@ def prune_tokens(a) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Ten
         *score_args, partial, counts, frame_cu_seqlens, indices,
         T, N, total_rows, max(splits, 1),
         HAS_TOKEN_SCORES=not distinct, RANK_F32=not distinct and token_scores.element_size() <= 4,
-        BLOCK_S=min(pow2(splits, lo=1), _MAX_SPLITS_PER_STEP), BLOCK_N=block_n, CHUNK_N=min(block_n, fit(compare, block_n, N)),
+        BLOCK_S=min(pow2(splits, lo=1), _MAX_SPLITS_PER_STEP), BLOCK_N=block_n,
+        CHUNK_N=min(block_n, fit(compare, block_n, N)),
         num_warps=_NUM_WARPS_SELECT,
     )
 
