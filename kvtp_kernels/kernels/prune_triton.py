@@ -555,12 +555,11 @@ def _select_kernel(
         for s0 in range(0, num_splits, BLOCK_S):
             offs_s = s0 + tl.arange(0, BLOCK_S)
             valid_s = offs_s < num_splits
-            part = partial_ptr + (f * num_splits + offs_s.to(tl.int64))[:, None] * (2 * N + 1)
+            part = partial_ptr + (f * num_splits + offs_s.to(tl.int64)) * (2 * N + 1)  # [BLOCK_S] slice rows
             both = valid_s[:, None] & valid_n[None, :]
-            dot += tl.sum(tl.load(part + offs_n[None, :], mask=both, other=0.0), axis=0)
-            sq_norm += tl.sum(tl.load(part + N + offs_n[None, :], mask=both, other=0.0), axis=0)
-            mu_sq += tl.sum(tl.load(partial_ptr + (f * num_splits + offs_s) * (2 * N + 1) + 2 * N, mask=valid_s,
-                                    other=0.0), axis=0)
+            dot += tl.sum(tl.load(part[:, None] + offs_n[None, :], mask=both, other=0.0), axis=0)
+            sq_norm += tl.sum(tl.load(part[:, None] + N + offs_n[None, :], mask=both, other=0.0), axis=0)
+            mu_sq += tl.sum(tl.load(part + 2 * N, mask=valid_s, other=0.0), axis=0)
         eps = tl.full([], _NORM_EPS, tl.float64)
         norm_x = tl.maximum(tl.sqrt(sq_norm), eps, propagate_nan=tl.PropagateNan.ALL)
         norm_mu = tl.maximum(tl.sqrt(mu_sq), eps, propagate_nan=tl.PropagateNan.ALL)
