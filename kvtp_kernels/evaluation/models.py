@@ -134,11 +134,10 @@ class VideoModel:
         Raises:
             EvalError: a Qwen-VL model (its count depends on the frame size: ``inputs.span``).
         """
-        newlines = getattr(self.inputs, "newlines", None)
-        if newlines is None:
+        if not hasattr(self.inputs, "placeholders"):
             raise EvalError(f"VideoModel.placeholders: a LLaVA family counts T*N (+1) placeholders; "
                             f"{type(self.model).__name__} has its own layout: use inputs.span(frames)")
-        return num_frames * self.tokens_per_frame + newlines
+        return self.inputs.placeholders(num_frames)
 
     def pixel_values(self, videos: Sequence[torch.Tensor]) -> torch.Tensor:
         """V uint8 [T, H, W, 3] videos of one length -> [V, T, 3, S, S] on the model's device and dtype

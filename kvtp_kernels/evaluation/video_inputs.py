@@ -46,9 +46,13 @@ class LlavaInputs:
         self.video_token_id, self.mean, self.std = int(config.video_token_id), tuple(mean), tuple(std)
         self.vision_config = vision
 
+    def placeholders(self, num_frames: int) -> int:
+        """Placeholders of a video of ``num_frames`` frames: T*N + the family's newlines."""
+        return num_frames * self.tokens_per_frame + self.newlines
+
     def video_tokens(self, frames: torch.Tensor) -> int:
         """Placeholders of one video (uint8 [T, H, W, 3])."""
-        return frames.shape[0] * self.tokens_per_frame + self.newlines
+        return self.placeholders(frames.shape[0])
 
     def span(self, frames: torch.Tensor, stamps: Sequence[float] | None = None, tokenizer: Any = None) -> list[int]:
         return [self.video_token_id] * self.video_tokens(frames)
